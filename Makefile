@@ -1,0 +1,38 @@
+# make demo · make test — each bootstraps .venv from uv.lock on a clean checkout.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+export UV_SYSTEM_CERTS ?= 1
+export UV_COMPILE_BYTECODE ?= 1
+export DBT_SEND_ANONYMOUS_USAGE_STATS ?= false
+
+.PHONY: demo test test-all lint sandbox bench venv clean
+
+venv: $(VENV)/.synced
+
+$(VENV)/.synced: pyproject.toml uv.lock
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	uv sync --frozen --extra dev
+	@touch $@
+
+demo: venv  ## the main job end to end on the embedded default (for now: the Klaviyo sandbox)
+	$(BIN)/python -m klaviyo_sandbox.demo
+
+test: venv  ## the test suite (heavy scenarios are marked `integration` and run in `make test-all`)
+	$(BIN)/pytest -m "not integration" -q
+
+test-all: venv
+	$(BIN)/pytest -q
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+sandbox: venv  ## serve the sandbox on 127.0.0.1:8765 until Ctrl-C
+	$(BIN)/klaviyo-sandbox serve --seed demo --port 8765
+
+bench: venv
+	$(BIN)/python bench/sandbox_throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

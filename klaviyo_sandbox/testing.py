@@ -1,0 +1,98 @@
+"""Test helpers for anyone exercising the sandbox: an HTTP client that checks every body.
+
+``KlaviyoTestClient`` validates every response it receives against the schema Klaviyo's own
+OpenAPI spec gives for that operation and status (errors against the spec's error body), so no
+test can pass on a body Klaviyo would never send.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx2
+
+from klaviyo_sandbox import spec
+from klaviyo_sandbox.server import RunningSandbox
+
+REVISION = spec.SPEC_REVISION
+
+
+class KlaviyoTestClient:
+    """httpx2 client for the sandbox's /api/ that validates each body against the spec."""
+
+    def __init__(self, base_url: str, authorization: str | None, revision: str | None = REVISION) -> None:
+        headers = {"accept": "application/vnd.api+json"}
+        if authorization:
+            headers["authorization"] = authorization
+        if revision:
+            headers["revision"] = revision
+        self.http = httpx2.Client(base_url=base_url, headers=headers, timeout=30)
+
+    def request(self, method: str, path: str, *, validate: bool = True, **kwargs: Any) -> httpx2.Response:
+        """Send a request; check the body against the spec unless ``validate=False``."""
+        if "json" in kwargs:
+            kwargs.setdefault("headers", {})["content-type"] = "application/vnd.api+json"
+        response = self.http.request(method, path, **kwargs)
+        if validate:
+            check_against_spec(method, response)
+        return response
+
+    def get(self, path: str, **kwargs: Any) -> httpx2.Response:
+        """GET."""
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> httpx2.Response:
+        """POST."""
+        return self.request("POST", path, **kwargs)
+
+    def patch(self, path: str, **kwargs: Any) -> httpx2.Response:
+        """PATCH."""
+        return self.request("PATCH", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> httpx2.Response:
+        """DELETE."""
+        return self.request("DELETE", path, **kwargs)
+
+    def iter_pages(self, path: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """Every page of a collection, following ``links.next``."""
+        url: str | None = path
+        params = kwargs.pop("params", None)
+        while url:
+            response = self.get(url, params=params, **kwargs)
+            assert response.status_code == 200, response.text
+            body = response.json()
+            yield body
+            url, params = body["links"].get("next"), None
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.http.close()
+
+
+def check_against_spec(method: str, response: httpx2.Response) -> None:
+    """Assert the body is what the spec allows for this operation and status."""
+    path = response.request.url.path
+    if not path.startswith("/api/"):
+        return
+    if response.status_code >= 400:
+        errors = list(spec.error_validator().iter_errors(response.json()))
+        assert not errors, f"error body off-spec: {errors[0].message}"
+        return
+    op, _, _ = spec.match(method, path)
+    assert op is not None, f"no spec operation for {method} {path}"
+    if not response.content:
+        assert response.status_code in (202, 204), f"{op.operation_id} answered {response.status_code} with no body"
+        return
+    validator = spec.response_validator(op.operation_id, response.status_code)
+    errors = sorted(validator.iter_errors(response.json()), key=lambda e: len(list(e.absolute_path)))
+    assert not errors, (
+        f"{op.operation_id} {response.status_code} body off-spec at "
+        f"/{'/'.join(map(str, errors[0].absolute_path))}: {errors[0].message[:500]}"
+    )
+
+
+def api_client(running: RunningSandbox, account_index: int = 0, **kwargs: Any) -> KlaviyoTestClient:
+    """A private-key client for the n-th seeded account."""
+    account = list(running.sandbox.store.accounts.values())[account_index]
+    return KlaviyoTestClient(running.base_url, f"Klaviyo-API-Key {account.private_api_key}", **kwargs)
