@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -34,6 +35,7 @@ from klaviyo_sandbox.store import Store, utcnow
 
 JSONAPI = "application/vnd.api+json"
 MAX_BODY_BYTES = 5 * 1024 * 1024
+_PATH_ID = re.compile(r"^[A-Za-z0-9._:$\-]{1,128}$")
 _REVISION = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(\.[A-Za-z0-9]+)?$")
 # Klaviyo supports a revision for about two years; newer ones (ahead of our spec) are accepted.
 REVISION_SUPPORT = timedelta(days=2 * 366)
@@ -284,6 +286,10 @@ async def _api(request: Request, sandbox: SandboxApp, path: str, log: dict[str, 
             raise ApiError(405, f"Method \"{request.method}\" not allowed.")
         raise ApiError(404, f"The path {path} was not found.")
     log["operation_id"] = op.operation_id
+    for name, value in path_params.items():
+        # Klaviyo answers 400 (not 404) for ids that cannot be ids at all.
+        if not _PATH_ID.match(unquote(value)):
+            raise invalid(f"'{unquote(value)[:80]}' is not a valid {name}.", parameter=name)
     reason = _revision_ok(request.headers.get("revision"))
     if reason:
         raise invalid(reason, parameter="revision")

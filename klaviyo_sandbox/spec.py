@@ -6,7 +6,8 @@ stricter ``additional-fields`` limits stated in each description), allowed filte
 (``x-klaviyo-filters``), ``page[size]`` bounds, sparse-fieldset and include enums, and the JSON
 schemas of request and response bodies.
 
-Schemas are converted from OpenAPI 3.0 to JSON Schema (``nullable`` becomes a ``null`` type).
+Schemas are converted from OpenAPI 3.0 to JSON Schema (``nullable`` becomes a ``null`` type,
+``allOf`` members are merged, ``oneOf`` is read as ``anyOf``).
 With ``closed=True`` every object that lists its ``properties`` rejects others: Klaviyo answers 400
 for an unknown attribute, and the tests use the same closure to prove the sandbox never invents one.
 """
@@ -249,13 +250,19 @@ def _to_json_schema(node: Any, closed: bool) -> Any:
     if "allOf" in node:
         rest = {key: value for key, value in node.items() if key != "allOf"}
         node = {**_merge_all_of(node["allOf"]), **rest}
-    out = {key: _to_json_schema(value, closed) for key, value in node.items() if key != "nullable"}
+    # ``oneOf`` becomes ``anyOf``: the spec's alternatives overlap (e.g. number | integer, or
+    # resources differing only in optional members), so "exactly one" rejects valid bodies.
+    out = {
+        ("anyOf" if key == "oneOf" else key): _to_json_schema(value, closed)
+        for key, value in node.items()
+        if key != "nullable"
+    }
     if node.get("nullable"):
         if "type" in out:
             out["type"] = [out["type"], "null"]
         if "enum" in out:
             out["enum"] = [*out["enum"], None]
-        if "$ref" in out or "oneOf" in out or "allOf" in out:
+        if "$ref" in out or "anyOf" in out or "allOf" in out:
             out = {"anyOf": [out, {"type": "null"}]}
     if (
         closed
@@ -266,9 +273,30 @@ def _to_json_schema(node: Any, closed: bool) -> Any:
     return out
 
 
+# Where live Klaviyo answers differ from its spec, the sandbox follows the live answers and the
+# schemas are corrected here, each with its evidence (reference §2 and §9, S14 recordings).
+SPEC_ERRATA: dict[str, dict[str, Any]] = {
+    # Collection links: live bodies carry "next": null on the last page and "prev": null.
+    "CollectionLinks": {
+        "properties": {
+            "self": {"type": "string", "format": "uri"},
+            "prev": {"type": "string", "format": "uri", "nullable": True},
+            "next": {"type": "string", "format": "uri", "nullable": True},
+        },
+    },
+}
+
+
+def _schemas_with_errata() -> dict[str, Any]:
+    schemas = dict(load_spec()["components"]["schemas"])
+    for name, patch in SPEC_ERRATA.items():
+        schemas[name] = {**schemas[name], **patch}
+    return schemas
+
+
 @cache
 def _registry(closed: bool) -> referencing.Registry:
-    converted = {"components": {"schemas": _to_json_schema(load_spec()["components"]["schemas"], closed)}}
+    converted = {"components": {"schemas": _to_json_schema(_schemas_with_errata(), closed)}}
     resource = referencing.Resource.from_contents(converted, default_specification=referencing.jsonschema.DRAFT7)
     return referencing.Registry().with_resource("urn:klaviyo-spec", resource)
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx2
+import jsonschema
 
 from klaviyo_sandbox import spec
 from klaviyo_sandbox.server import RunningSandbox
@@ -85,11 +86,15 @@ def check_against_spec(method: str, response: httpx2.Response) -> None:
         assert response.status_code in (202, 204), f"{op.operation_id} answered {response.status_code} with no body"
         return
     validator = spec.response_validator(op.operation_id, response.status_code)
-    errors = sorted(validator.iter_errors(response.json()), key=lambda e: len(list(e.absolute_path)))
-    assert not errors, (
-        f"{op.operation_id} {response.status_code} body off-spec at "
-        f"/{'/'.join(map(str, errors[0].absolute_path))}: {errors[0].message[:500]}"
-    )
+    error = jsonschema.exceptions.best_match(validator.iter_errors(response.json()))
+    if error is not None:
+        deepest = error
+        while deepest.context:  # oneOf/anyOf: show the closest alternative's own failure
+            deepest = jsonschema.exceptions.best_match(deepest.context)
+        raise AssertionError(
+            f"{op.operation_id} {response.status_code} body off-spec at "
+            f"/{'/'.join(map(str, deepest.absolute_path))}: {deepest.message[:400]}"
+        )
 
 
 def api_client(running: RunningSandbox, account_index: int = 0, **kwargs: Any) -> KlaviyoTestClient:

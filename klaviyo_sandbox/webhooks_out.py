@@ -93,7 +93,10 @@ def metric_slug(name: str) -> str:
 def is_klaviyo_metric(metric: Metric) -> bool:
     """True for Klaviyo's own metrics (integration key or name ``klaviyo``)."""
     integration = metric.integration or {}
-    return "klaviyo" in (str(integration.get("key") or "").lower(), str(integration.get("name") or "").lower())
+    return "klaviyo" in (
+        str(integration.get("key") or "").lower(),
+        str(integration.get("name") or "").lower(),
+    )
 
 
 def metric_topic(metric: Metric) -> str:
@@ -151,11 +154,34 @@ def mask_endpoint_url(url: str) -> str:
 
 def sign(secret_key: str, body: bytes, timestamp_header: str) -> str:
     """``Klaviyo-Signature``: lowercase hex HMAC-SHA256 over the raw body then the timestamp header."""
-    return hmac.new(secret_key.encode("utf-8"), body + timestamp_header.encode("utf-8"), hashlib.sha256).hexdigest()
+    return hmac.new(
+        secret_key.encode("utf-8"), body + timestamp_header.encode("utf-8"), hashlib.sha256
+    ).hexdigest()
 
 
-def render_event(event: Event, base_url: str) -> dict[str, Any]:
-    """The event resource as ``GET /api/events/{id}`` renders it (no sparse fieldsets, no includes)."""
+def render_event(event: Event, base_url: str, store: Any = None) -> dict[str, Any]:
+    """The event resource exactly as ``GET /api/events/{id}`` renders it (no fieldsets, no includes).
+
+    Uses the Events API's own renderer so the two can never drift; the inline rendering below is
+    only a fallback for builds without ``resources.events``.
+    """
+    try:
+        from klaviyo_sandbox import spec
+        from klaviyo_sandbox.jsonapi import Context
+        from klaviyo_sandbox.resources import events as events_api
+    except ImportError:
+        events_api = None
+    if events_api is not None and store is not None:
+        ctx = Context(
+            store=store,
+            op=spec.operation_by_id("get_event"),
+            caller=None,  # type: ignore[arg-type]
+            base_url=base_url.rstrip("/"),
+            path=f"/api/events/{event.id}",
+            path_params={"id": event.id},
+            query={},
+        )
+        return events_api.render_event(ctx, event)
     base = f"{base_url.rstrip('/')}/api/events/{event.id}"
     return {
         "type": "event",
@@ -174,6 +200,9 @@ def render_event(event: Event, base_url: str) -> dict[str, Any]:
             "metric": {
                 "data": {"type": "metric", "id": event.metric_id},
                 "links": {"self": f"{base}/relationships/metric/", "related": f"{base}/metric/"},
+            },
+            "attributions": {
+                "links": {"self": f"{base}/relationships/attributions/", "related": f"{base}/attributions/"},
             },
         },
         "links": {"self": f"{base}/"},
@@ -331,7 +360,9 @@ class WebhookDispatcher:
                 if topic not in hook.topics:
                     continue
                 if item is None:  # one rendering shared by every webhook that gets this event
-                    item = _Item(topic, event.id, {"data": render_event(event, self.base_url)})
+                    item = _Item(
+                        topic, event.id, {"data": render_event(event, self.base_url, self.sandbox.store)}
+                    )
                 pending = self._queues.setdefault(hook.id, _Pending(account.id))
                 pending.items.append(item)
                 touched.add(hook.id)
@@ -342,6 +373,10 @@ class WebhookDispatcher:
                 del pending.items[:overflow]
                 logger.warning("webhook %s: queue full, dropped %d oldest events", webhook_id, overflow)
             self._ensure_worker(webhook_id)
+
+    def event_created(self, account: Account, event: Event, *, base_url: str | None = None) -> None:
+        """One new event (the hook ``POST /api/events`` calls): same as ``publish(account, [event])``."""
+        self.publish(account, [event], base_url=base_url)
 
     def discard(self, webhook_id: str) -> None:
         """Forget queued events of a webhook (deleted or disabled); a running attempt finishes."""
@@ -394,7 +429,9 @@ class WebhookDispatcher:
 
     async def _deliver(self, account_id: str, webhook_id: str, batch: list[_Item]) -> None:
         """POST one batch, retrying with backoff until it succeeds, gives up or the webhook goes away."""
-        data = [{"topic": item.topic, "external_id": item.event_id, "payload": item.payload} for item in batch]
+        data = [
+            {"topic": item.topic, "external_id": item.event_id, "payload": item.payload} for item in batch
+        ]
         event_ids = [item.event_id for item in batch]
         attempt = 0
         while True:
@@ -409,10 +446,16 @@ class WebhookDispatcher:
             if self._disable_if_failing_too_long(account, hook):
                 return
             if attempt >= self.settings.max_attempts or self.stopping:
-                logger.warning("webhook %s: giving up on %d events after %d attempts",
-                               webhook_id, len(event_ids), attempt)
+                logger.warning(
+                    "webhook %s: giving up on %d events after %d attempts",
+                    webhook_id,
+                    len(event_ids),
+                    attempt,
+                )
                 return
-            delay = min(self.settings.retry_base_seconds * 2 ** (attempt - 1), self.settings.retry_max_delay_seconds)
+            delay = min(
+                self.settings.retry_base_seconds * 2 ** (attempt - 1), self.settings.retry_max_delay_seconds
+            )
             await self._pause(delay)
 
     async def _attempt(
@@ -446,7 +489,9 @@ class WebhookDispatcher:
         error: str | None = None
         timeout = self.settings.timeout_seconds
         try:
-            response = await self._client.post(hook.endpoint_url, content=body, headers=headers, timeout=timeout)
+            response = await self._client.post(
+                hook.endpoint_url, content=body, headers=headers, timeout=timeout
+            )
             status = response.status_code
             if not 200 <= status < 300:
                 error = f"HTTP {status}"
@@ -470,8 +515,13 @@ class WebhookDispatcher:
         )
         if not delivered:
             # The masked URL only: paths may carry tokens, and the secret is never logged.
-            logger.info("webhook %s attempt %d to %s failed: %s",
-                        hook.id, attempt, mask_endpoint_url(hook.endpoint_url), error)
+            logger.info(
+                "webhook %s attempt %d to %s failed: %s",
+                hook.id,
+                attempt,
+                mask_endpoint_url(hook.endpoint_url),
+                error,
+            )
         return delivered
 
     def _record(self, account: Account, delivery: WebhookDelivery) -> None:

@@ -271,10 +271,10 @@ def get_events(ctx: Context) -> tuple[int, Any]:
     """``GET /api/events``: oldest first unless ``sort=-datetime``/``-timestamp``; pages of 200 by default."""
     items = select_events(ctx.account, ctx.filters)
     page, next_link = page_of_events(ctx, items, ctx.op.page_size[0] if ctx.op.page_size else 200)
-    links: dict[str, Any] = {"self": ctx.self_link()}
-    if next_link:
-        links["next"] = next_link
-    doc: dict[str, Any] = {"data": [render_event(ctx, event) for event in page], "links": links}
+    doc: dict[str, Any] = {
+        "data": [render_event(ctx, event) for event in page],
+        "links": {"self": ctx.self_link(), "next": next_link, "prev": None},
+    }
     if ctx.include:
         doc["included"] = dedupe(_included(ctx, page))
     return 200, doc
@@ -463,8 +463,7 @@ def create_event(ctx: Context) -> tuple[int, Any]:
 
 
 def _notify_webhooks(ctx: Context, event: Event) -> None:
-    """Hand the new event to the webhook dispatcher, when it offers a hook for that."""
-    dispatcher = getattr(ctx.app, "webhooks", None) if ctx.app is not None else None
-    notify = getattr(dispatcher, "event_created", None)
-    if callable(notify):
-        notify(ctx.account, event)
+    """Queue the new event for the account's system webhooks subscribed to its topic."""
+    dispatcher = getattr(ctx.app, "webhooks", None)
+    if dispatcher is not None:
+        dispatcher.publish(ctx.account, [event], base_url=ctx.base_url)

@@ -31,7 +31,11 @@ _TOPICS_POINTER = "/data/relationships/webhook-topics/data"
 
 def _topic_resource(ctx: Context, topic_id: str) -> dict[str, Any]:
     # Built by hand: a webhook-topic has no attributes, and the spec's schema allows none.
-    return {"type": "webhook-topic", "id": topic_id, "links": {"self": ctx.link(f"/api/webhook-topics/{topic_id}/")}}
+    return {
+        "type": "webhook-topic",
+        "id": topic_id,
+        "links": {"self": ctx.link(f"/api/webhook-topics/{topic_id}/")},
+    }
 
 
 def _webhook_resource(ctx: Context, hook: Webhook) -> dict[str, Any]:
@@ -83,8 +87,10 @@ def _topics_from(ctx: Context, relationships: dict[str, Any] | None) -> list[str
     for index, linkage in enumerate(linkages):
         topic = linkage["id"]
         if topic not in available:
-            raise invalid(f"'{topic}' is not a valid webhook topic for this account.",
-                          pointer=f"{_TOPICS_POINTER}/{index}/id")
+            raise invalid(
+                f"'{topic}' is not a valid webhook topic for this account.",
+                pointer=f"{_TOPICS_POINTER}/{index}/id",
+            )
         if topic not in topics:
             topics.append(topic)
     return topics
@@ -99,8 +105,10 @@ def _check_url(url: str) -> str:
 
 def _check_secret(secret: str) -> str:
     if len(secret) < MIN_SECRET_KEY_LENGTH:
-        raise invalid(f"secret_key must be at least {MIN_SECRET_KEY_LENGTH} characters long.",
-                      pointer="/data/attributes/secret_key")
+        raise invalid(
+            f"secret_key must be at least {MIN_SECRET_KEY_LENGTH} characters long.",
+            pointer="/data/attributes/secret_key",
+        )
     return secret
 
 
@@ -117,8 +125,10 @@ def _check_name(name: str) -> str:
 def get_webhooks(ctx: Context) -> tuple[int, dict[str, Any]]:
     """All webhooks of the account, oldest first (never more than ten, so no paging)."""
     hooks = sorted(ctx.account.webhooks.values(), key=lambda hook: (hook.created_at, hook.id))
-    doc: dict[str, Any] = {"data": [_webhook_resource(ctx, hook) for hook in hooks],
-                           "links": {"self": ctx.self_link()}}
+    doc: dict[str, Any] = {
+        "data": [_webhook_resource(ctx, hook) for hook in hooks],
+        "links": {"self": ctx.self_link()},
+    }
     if "webhook-topics" in ctx.include:
         doc["included"] = dedupe(_included(ctx, hooks))
     return 200, doc
@@ -173,7 +183,9 @@ def update_webhook(ctx: Context) -> tuple[int, dict[str, Any]]:
     hook = _find(ctx)
     data = require_linkage(ctx.body, "webhook")
     if data["id"] != hook.id:
-        raise invalid(f"The id in the body ({data['id']}) does not match the URL ({hook.id}).", pointer="/data/id")
+        raise invalid(
+            f"The id in the body ({data['id']}) does not match the URL ({hook.id}).", pointer="/data/id"
+        )
     attributes = data["attributes"]
     # Validate everything first, so a bad member leaves the webhook untouched.
     changes: dict[str, Any] = {}
@@ -219,8 +231,10 @@ def _dispatcher_discard(ctx: Context, webhook_id: str) -> None:
 @handler("get_webhook_topics")
 def get_webhook_topics(ctx: Context) -> tuple[int, dict[str, Any]]:
     """Every topic the account's webhooks may subscribe to."""
-    return 200, {"data": [_topic_resource(ctx, topic) for topic in account_topics(ctx.account)],
-                 "links": {"self": ctx.self_link()}}
+    return 200, {
+        "data": [_topic_resource(ctx, topic) for topic in account_topics(ctx.account)],
+        "links": {"self": ctx.self_link()},
+    }
 
 
 @handler("get_webhook_topic")
