@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -335,7 +336,8 @@ async def _api(request: Request, sandbox: SandboxApp, path: str, log: dict[str, 
         sandbox.save_state()
     if document is None:
         return Response(status_code=status, headers=decision.headers)
-    return JSONResponse(document, status_code=status, media_type=JSONAPI, headers=decision.headers)
+    # orjson: a page of 100 full profiles is ~140 KB; stdlib json spent a third of the request on it.
+    return Response(orjson.dumps(document), status_code=status, media_type=JSONAPI, headers=decision.headers)
 
 
 class _DroppingResponse(Response):

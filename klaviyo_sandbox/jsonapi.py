@@ -84,7 +84,9 @@ def iso(value: datetime | None) -> str | None:
     """Klaviyo's datetime rendering: ISO 8601 with ``+00:00``."""
     if value is None:
         return None
-    return value.astimezone(UTC).isoformat()
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat()
 
 
 def parse_datetime(value: str, pointer: str) -> datetime:

@@ -31,7 +31,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from html import escape
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit
 
 from starlette.requests import Request
@@ -41,6 +41,9 @@ from starlette.routing import Route
 from klaviyo_sandbox import ids, spec
 from klaviyo_sandbox.errors import authentication_failed
 from klaviyo_sandbox.store import AccessToken, Account, AuthorizationCode, Grant, OAuthClient, Store, utcnow
+
+if TYPE_CHECKING:  # app.py imports this module lazily; a runtime import back would be circular-prone
+    from klaviyo_sandbox.app import SandboxApp
 
 # Klaviyo does not publish an auth-code lifetime (reference: [unconfirmed]); RFC 6749 §4.1.2
 # recommends at most 10 minutes.
@@ -99,7 +102,7 @@ class OAuthError(Exception):
         self.headers = headers or {}
 
     def response(self) -> JSONResponse:
-        """The JSON error response (never cached, as RFC 6749 §5.2 responses carry tokens' context)."""
+        """The JSON error response, marked uncacheable like every token-endpoint answer (RFC 6749 §5.1)."""
         return JSONResponse(
             {"error": self.error, "error_description": self.description},
             status_code=self.status,
@@ -107,7 +110,7 @@ class OAuthError(Exception):
         )
 
 
-def _sandbox(request: Request) -> Any:
+def _sandbox(request: Request) -> SandboxApp:
     return request.app.state.sandbox
 
 
@@ -403,7 +406,7 @@ _STYLE = """
          margin: 0; padding: 2rem 1rem; }
   main { max-width: 32rem; margin: 0 auto; background: #fff; border: 1px solid #d6d3d1; border-radius: 8px;
          padding: 1.5rem 2rem; }
-  h1 { font-size: 1.35rem; margin-top: 0; }
+  h1 { font-size: 1.35rem; margin-top: 0; } h2 { font-size: 1rem; margin-bottom: .25rem; }
   .brand { font-size: .8rem; letter-spacing: .08em; text-transform: uppercase; color: #57534e; }
   ul { padding-left: 1.2rem; } li { margin: .2rem 0; } code { font-size: .85em; color: #57534e; }
   label { display: block; font-weight: 600; margin: 1rem 0 .35rem; }
@@ -477,7 +480,8 @@ def _consent_page(
         allow_disabled = " disabled"
     name, back_to = escape(auth.client.name), escape(auth.redirect_uri)
     body = (
-        f'<h1 id="consent-title"><span id="app-name">{name}</span> wants to access your Klaviyo</h1>\n'
+        f'<h1 id="consent-title"><span id="app-name">{name}</span> wants to access'
+        " your Klaviyo account</h1>\n"
         f"{problem_html}"
         '<h2 id="scopes-heading">This app will be able to:</h2>\n'
         f'<ul id="scopes" aria-labelledby="scopes-heading">\n{scope_items}</ul>\n'
@@ -613,11 +617,11 @@ def _refresh(store: Store, client: OAuthClient, form: dict[str, str], now: datet
         raise OAuthError(400, "invalid_grant", "The refresh token is invalid or has been revoked.")
     if now - grant.last_used_at > REFRESH_TOKEN_IDLE_LIMIT:
         raise OAuthError(400, "invalid_grant", "The refresh token expired after 90 days without use.")
+    # RFC 6749 §6: a refresh may not widen the grant. A narrower ``scope`` is accepted but has no
+    # effect, because access tokens carry their grant's scopes (``AccessToken`` has no scope field).
     requested = _scopes_of(form.get("scope", ""))
     beyond = [s for s in requested if s not in grant.scopes]
-    if (
-        beyond
-    ):  # RFC 6749 §6: a refresh may not widen the grant (narrowing is ignored: tokens carry the grant's)
+    if beyond:
         raise OAuthError(400, "invalid_scope", f"Scope(s) not granted: {' '.join(beyond)}.")
     grant.last_used_at = now
     # Klaviyo keeps earlier access tokens valid until they expire and may return the same
@@ -671,10 +675,11 @@ async def token_endpoint(request: Request) -> Response:
 async def revoke_endpoint(request: Request) -> Response:
     """``POST /oauth/revoke``: revoke a refresh token (the whole grant) or one access token.
 
-    Unknown, already revoked and other clients' tokens answer 200 ``{}`` as RFC 7009 §2.2 asks:
-    the caller's goal (the token is unusable) holds, and the answer reveals nothing. Klaviyo itself
-    may answer 400 ``invalid_grant`` there (the reference tells clients to treat that as "already
-    revoked"); the RFC behaviour is the stricter one for clients to handle.
+    Unknown and already revoked tokens answer 200 ``{}``, as RFC 7009 §2.2 asks: the caller's
+    goal (the token is unusable) holds. Klaviyo itself may answer 400 ``invalid_grant`` there (the
+    reference tells clients to treat that as "already revoked"), so clients must accept both; we
+    model the RFC. Another client's token is left alone and answered the same way, so the answer
+    never reveals whether a token exists.
     """
     sandbox = _sandbox(request)
     store: Store = sandbox.store

@@ -555,16 +555,20 @@ def _identity(slug: str) -> tuple[str, str]:
     return account_id, f"pk_{rng.getrandbits(128):032x}"
 
 
+def _describe_spec(position: int, spec: _AccountSpec) -> DemoAccount:
+    account_id, private_key = _identity(spec.slug)
+    return DemoAccount(
+        slug=spec.slug, name=spec.name, account_id=account_id, private_api_key=private_key,
+        # In Klaviyo the public API key (site id) is the 6-character account id itself.
+        public_api_key=account_id,
+        profile_count=spec.profiles, sms_enabled=spec.sms_enabled,
+        in_empty_seed=position < _EMPTY_SEED_ACCOUNTS,
+    )
+
+
 #: The seeded accounts, in seeding order.
 DEMO_ACCOUNTS: tuple[DemoAccount, ...] = tuple(
-    DemoAccount(
-        slug=spec.slug, name=spec.name, account_id=_identity(spec.slug)[0],
-        private_api_key=_identity(spec.slug)[1],
-        # In Klaviyo the public API key (site id) is the 6-character account id itself.
-        public_api_key=_identity(spec.slug)[0],
-        profile_count=spec.profiles, sms_enabled=spec.sms_enabled, in_empty_seed=i < _EMPTY_SEED_ACCOUNTS,
-    )
-    for i, spec in enumerate(_DEMO_ACCOUNTS)
+    _describe_spec(position, spec) for position, spec in enumerate(_DEMO_ACCOUNTS)
 )
 
 _SEGMENT_NAMES: dict[str, str] = {
@@ -921,10 +925,13 @@ class _DemoBuilder:
             consent.consent_timestamp = consent_at
             consent.last_updated = consent_at
             member.email_from = consent_at
-        # Older churn (before the window mostly); in-window churn is simulated from campaign sends.
+        # Churn before the event window is assigned here; churn inside it is simulated from campaign
+        # sends, so that every recent unsubscribe or bounce has its event.
         churn = rng.random()
-        churn_at = self._between(consent_at, now - timedelta(hours=1))
-        if consent.consent == "SUBSCRIBED" and churn < 0.040:
+        churn_at = self._between(consent_at, self.window_start)
+        if consent_at >= self.window_start:
+            pass
+        elif consent.consent == "SUBSCRIBED" and churn < 0.040:
             self._unsubscribe(member, churn_at, "UNSUBSCRIBE")
         elif consent.consent == "SUBSCRIBED" and churn < 0.044:
             self._unsubscribe(member, churn_at, "SPAM_COMPLAINT")

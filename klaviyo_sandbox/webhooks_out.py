@@ -291,6 +291,7 @@ class WebhookDispatcher:
         self._client: httpx2.AsyncClient | None = None
         self._stop: asyncio.Event | None = None
         self._started = False
+        self.stopped = False  # True once stop() has finished (the tests wait on it)
         # A private RNG for delivery ids: deliveries happen at timing-dependent moments, and
         # drawing from the store's RNG would make the seeded ids of everything else unrepeatable.
         self._rng = random.Random(0x4B1A)
@@ -300,6 +301,7 @@ class WebhookDispatcher:
     async def start(self) -> None:
         """Open the HTTP client and start workers for anything queued before the server ran."""
         self._stop = asyncio.Event()
+        self.stopped = False
         # follow_redirects=False: Klaviyo does not follow redirects; a 3xx counts as a failure.
         self._client = httpx2.AsyncClient(
             follow_redirects=False,
@@ -327,6 +329,7 @@ class WebhookDispatcher:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        self.stopped = True
 
     @property
     def stopping(self) -> bool:

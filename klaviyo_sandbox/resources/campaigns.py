@@ -93,16 +93,16 @@ def _send_strategy(campaign: Campaign) -> dict[str, Any]:
 
 
 def _tracking_options(campaign: Campaign) -> dict[str, Any] | None:
-    if campaign.channel != "email":
-        # SMS tracking options are indistinguishable from email ones under the spec's oneOf; Klaviyo
-        # allows null, which is what the sandbox sends for non-email campaigns.
-        return None
-    return {
-        "add_tracking_params": False,
-        "custom_tracking_params": None,
-        "is_tracking_clicks": True,
-        "is_tracking_opens": True,
-    }
+    if campaign.channel == "email":
+        return {
+            "add_tracking_params": False,
+            "custom_tracking_params": None,
+            "is_tracking_clicks": True,
+            "is_tracking_opens": True,
+        }
+    if campaign.channel == "sms":
+        return {"add_tracking_params": False, "custom_tracking_params": None}
+    return None  # mobile push campaigns have no tracking options
 
 
 def campaign_attributes(campaign: Campaign) -> dict[str, Any]:

@@ -156,9 +156,22 @@ def _message_fields(
     return {key: source.get(key, defaults.get(key)) for key in keys if key in source or key in defaults}
 
 
-def flow_message_definition(message: FlowMessage) -> dict[str, Any]:
-    """A flow message's ``definition`` as Klaviyo encodes it (``FlowEmail``, ``FlowSms``, ``FlowWebhook``)."""
-    definition = message.definition or {}
+def flow_message_definition(account: Account, message: FlowMessage) -> dict[str, Any]:
+    """A flow message's ``definition`` as Klaviyo encodes it (``FlowEmail``, ``FlowSms``, ``FlowWebhook``).
+
+    The parent action's encoded message is authoritative when it has one for this message (so the
+    action and the message never disagree); otherwise the message's own content is encoded.
+    """
+    action = account.flow_actions.get(message.action_id)
+    stored = (action.definition or {}) if action else {}
+    embedded = stored.get("data", {}).get("message") if isinstance(stored.get("data"), dict) else None
+    if isinstance(embedded, dict) and embedded.get("id") in (None, message.id):
+        definition = dict(embedded)
+    else:
+        definition = dict(message.definition or {})
+        content = definition.pop("content", None)
+        if isinstance(content, dict):
+            definition.update(content)
     channel = message.channel.lower()
     if channel == "sms":
         out = _message_fields(definition, _FLOW_SMS_KEYS, _SMS_DEFAULTS)
@@ -206,14 +219,14 @@ def action_definition(account: Account, action: FlowAction) -> dict[str, Any] | 
     status = action.status if action.status in ("disabled", "draft", "live", "manual") else "draft"
     data: dict[str, Any] | None
     if kind == "send-email":
-        message = flow_message_definition(messages[0]) if messages else {**_EMAIL_DEFAULTS}
+        message = flow_message_definition(account, messages[0]) if messages else {**_EMAIL_DEFAULTS}
         data = {"message": message, "status": status}
     elif kind == "send-sms":
-        message = flow_message_definition(messages[0]) if messages else {**_SMS_DEFAULTS}
+        message = flow_message_definition(account, messages[0]) if messages else {**_SMS_DEFAULTS}
         data = {"message": message, "status": status}
     elif kind == "send-webhook":
         if messages:
-            message = flow_message_definition(messages[0])
+            message = flow_message_definition(account, messages[0])
         else:
             source = stored.get("data", {}).get("message") if isinstance(stored.get("data"), dict) else None
             source = source or stored
@@ -351,7 +364,7 @@ def render_flow_message(ctx: Context, message: FlowMessage) -> dict[str, Any]:
         "channel": _CHANNEL_NAMES.get(message.channel.lower(), message.channel),
         "created": iso(message.created),
         "updated": iso(message.updated),
-        "definition": flow_message_definition(message),
+        "definition": flow_message_definition(ctx.account, message),
     }
     base = f"/api/flow-messages/{message.id}"
     relationships = {
