@@ -6,7 +6,7 @@ export UV_SYSTEM_CERTS ?= 1
 export UV_COMPILE_BYTECODE ?= 1
 export DBT_SEND_ANONYMOUS_USAGE_STATS ?= false
 
-.PHONY: demo test test-all lint sandbox bench venv clean
+.PHONY: demo test test-all lint sandbox bench venv browser clean
 
 venv: $(VENV)/.synced
 
@@ -18,10 +18,13 @@ $(VENV)/.synced: pyproject.toml uv.lock
 demo: venv  ## the main job end to end on the embedded default (for now: the Klaviyo sandbox)
 	$(BIN)/python -m klaviyo_sandbox.demo
 
-test: venv  ## the test suite (heavy scenarios are marked `integration` and run in `make test-all`)
+browser:
+	@scripts/ensure-chromium.sh
+
+test: venv browser  ## the test suite (heavy scenarios are marked `integration` and run in `make test-all`)
 	$(BIN)/pytest -m "not integration" -q
 
-test-all: venv
+test-all: venv browser
 	$(BIN)/pytest -q
 
 lint: venv

@@ -36,6 +36,7 @@ from klaviyo_sandbox.store import Store, utcnow
 
 JSONAPI = "application/vnd.api+json"
 MAX_BODY_BYTES = 5 * 1024 * 1024
+STATE_FLUSH_SECONDS = 5.0
 _PATH_ID = re.compile(r"^[A-Za-z0-9._:$\-]{1,128}$")
 _REVISION = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(\.[A-Za-z0-9]+)?$")
 # Klaviyo supports a revision for about two years; newer ones (ahead of our spec) are accepted.
@@ -97,10 +98,26 @@ class SandboxApp:
     webhooks: Any = None  # WebhookDispatcher, attached in build_app
     asgi: Starlette | None = None
 
+    dirty: bool = False
+
     def save_state(self) -> None:
-        """Persist the store when ``--state`` was given."""
-        if self.state_path:
+        """Note that the state changed; it is written by ``flush_state`` (periodically and at exit).
+
+        Writing a demo-sized store takes seconds, so it is never done inside a request.
+        """
+        self.dirty = True
+
+    def flush_state(self) -> None:
+        """Write the store to ``--state`` now if anything changed since the last write."""
+        if self.state_path and self.dirty:
+            self.dirty = False
             self.store.save(self.state_path)
+
+    async def flush_periodically(self, every_seconds: float = STATE_FLUSH_SECONDS) -> None:
+        """Background task: write changed state every few seconds."""
+        while True:
+            await asyncio.sleep(every_seconds)
+            self.flush_state()
 
 
 def _revision_ok(value: str | None) -> str | None:
@@ -374,10 +391,13 @@ def build_app(sandbox: SandboxApp) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         await sandbox.webhooks.start()
+        flusher = asyncio.create_task(sandbox.flush_periodically())
         try:
             yield
         finally:
+            flusher.cancel()
             await sandbox.webhooks.stop()
+            sandbox.flush_state()
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.sandbox = sandbox

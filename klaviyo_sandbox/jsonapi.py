@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from klaviyo_sandbox.errors import ApiError, invalid
 from klaviyo_sandbox.filters import Condition
@@ -186,7 +186,13 @@ def encode_cursor(key: Sequence[Any]) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[Any, ...]:
-    """The sort key inside a cursor, or 400 for a cursor we never issued."""
+    """The sort key inside a cursor, or 400 for a cursor we never issued.
+
+    A whole ``links.next`` URL is accepted too: Klaviyo's official SDK strips the cursor out of
+    ``https://`` links only, so against a plain-``http`` sandbox it sends the link itself.
+    """
+    if cursor.startswith(("http://", "https://")):
+        cursor = parse_qs(urlsplit(cursor).query).get("page[cursor]", [""])[0]
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         value = json.loads(base64.urlsafe_b64decode(padded.encode()))

@@ -20,6 +20,7 @@ is a real flow, an "Abandoned cart 7 days" member really started a checkout, …
 from __future__ import annotations
 
 import dataclasses
+import gc
 import itertools
 import math
 import random
@@ -226,7 +227,11 @@ Schmidt Jensen Larsen Nakamura Tanaka Silva Costa Okafor Mensah Cohen Friedman P
 
 _NON_LETTERS = re.compile(r"[^a-z]")
 _GB_MOBILE_SECOND_DIGITS = "45789"  # 074xx-079xx: ranges phonenumbers treats as valid UK mobiles
-_GB_INVALID_MOBILE_PREFIXES = frozenset({"7700", "7911"})  # 07700 900xxx is reserved; 07911 invalid
+# Within those, prefixes that are invalid (07700 900xxx is reserved for drama) or that belong to the
+# Crown Dependencies (+44 but region JE, GG or IM per phonenumbers), found by checking every prefix.
+_GB_EXCLUDED_MOBILE_PREFIXES = frozenset(
+    {"7457", "7509", "7524", "7700", "7781", "7797", "7829", "7839", "7911", "7937"}
+)
 _CA_LETTERS = "ABCEGHJKLMNPRSTVWXYZ"  # letters Canada Post uses in postal codes
 _GB_UNIT_LETTERS = "ABDEFGHJLNPQRSTUWXYZ"
 
@@ -342,7 +347,7 @@ def _demo_phone(rng: random.Random, country: _Country, city: _City, seen: set[st
             phone = f"+1{rng.choice(city.area_codes)}{exchange}{rng.randrange(10_000):04d}"
         elif country.code == "GB":
             prefix = f"7{rng.choice(_GB_MOBILE_SECOND_DIGITS)}{rng.randrange(100):02d}"
-            if prefix in _GB_INVALID_MOBILE_PREFIXES:
+            if prefix in _GB_EXCLUDED_MOBILE_PREFIXES:
                 continue
             phone = f"+44{prefix}{rng.randrange(1_000_000):06d}"
         else:  # AU
@@ -582,6 +587,8 @@ _SEGMENT_NAMES: dict[str, str] = {
     "high_aov": "High AOV",
     "sms_subscribers": "SMS subscribers",
     "new_subscribers_30": "New subscribers 30 days",
+    "browse_abandonment_14": "Browse abandonment 14 days",
+    "never_purchased": "Never purchased",
 }
 
 _METRICS: tuple[tuple[str, str, dict[str, str]], ...] = (
@@ -641,13 +648,21 @@ def seed_store(store: Store, seed: str, *, now: datetime | None = None) -> Store
         scopes=list(KLAVIYO_SCOPES),
     )
     specs = _DEMO_ACCOUNTS if seed == "demo" else _DEMO_ACCOUNTS[:_EMPTY_SEED_ACCOUNTS]
-    for spec in specs:
-        account = _new_account(spec, now)
-        if account.id in store.accounts:
-            raise ValueError(f"the store already holds account {account.id} ({account.name})")
-        if seed == "demo":
-            _DemoBuilder(account, spec, now).build()
-        store.accounts[account.id] = account
+    # The demo allocates about a million long-lived containers and nothing cyclic to collect:
+    # cyclic GC passes over them would take longer than the build itself.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for spec in specs:
+            account = _new_account(spec, now)
+            if account.id in store.accounts:
+                raise ValueError(f"the store already holds account {account.id} ({account.name})")
+            if seed == "demo":
+                _DemoBuilder(account, spec, now).build()
+            store.accounts[account.id] = account
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     return store
 
 
@@ -700,6 +715,8 @@ class _Member:
     window_order_total: float = 0.0
     last_order: datetime | None = None
     first_click: datetime | None = None
+    last_view: datetime | None = None
+    last_checkout: datetime | None = None
     last_event: datetime | None = None
     order_times: list[datetime] = field(default_factory=list)
 
@@ -799,6 +816,10 @@ class _DemoBuilder:
         ))
         if member.last_event is None or at > member.last_event:
             member.last_event = at
+        if metric == "viewed_product" and (member.last_view is None or at > member.last_view):
+            member.last_view = at
+        elif metric == "started_checkout" and (member.last_checkout is None or at > member.last_checkout):
+            member.last_checkout = at
         if metric in ("opened_email", "clicked_email", "viewed_product", "placed_order") and (
             member.first_activity is None or at < member.first_activity
         ):
@@ -897,7 +918,7 @@ class _DemoBuilder:
             self.by_id[profile.id] = member
 
     def _email_consent(self, member: _Member) -> None:
-        rng, now = self.rng, self.now
+        rng = self.rng
         profile = member.profile
         created = profile.created
         consent_at = created + _seconds(rng.uniform(2, 600))
@@ -1143,6 +1164,24 @@ class _DemoBuilder:
             if at >= week_ago and (member.last_order is None or member.last_order < week_ago):
                 abandoned.add_member(member.profile.id, at)
 
+        browsed = self._new_segment("browse_abandonment_14", _definition(
+            [[_metric_condition(metric["viewed_product"], ">", 0, days=14)],
+             [_metric_condition(metric["started_checkout"], "=", 0, days=14)]]
+        ))
+        two_weeks_ago = now - timedelta(days=14)
+        for m in self.members:
+            if m.last_view is not None and m.last_view >= two_weeks_ago and (
+                m.last_checkout is None or m.last_checkout < two_weeks_ago
+            ):
+                browsed.add_member(m.profile.id, m.last_view)
+
+        never = self._new_segment("never_purchased", _definition(
+            [[_metric_condition(metric["placed_order"], "=", 0, days=None)]]
+        ))
+        for m in self.members:
+            if not m.prior_orders and not m.window_orders:
+                never.add_member(m.profile.id, m.profile.created)
+
     # ------------------------------------------------------------------ flows
 
     def _flows(self) -> None:
@@ -1260,6 +1299,7 @@ class _DemoBuilder:
                 raw = now + timedelta(days=plan.days_from_now)
                 send_time = raw.replace(minute=(raw.minute // 15) * 15, second=0, microsecond=0)
                 created = send_time - _seconds(rng.uniform(3 * 86_400, 10 * 86_400))
+                created = min(created, now - _seconds(rng.uniform(86_400, 3 * 86_400)))  # scheduled ones
                 scheduled_at = send_time - _seconds(rng.uniform(3_600, 2 * 86_400))
                 scheduled_at = min(scheduled_at, now - timedelta(hours=2))
                 updated = send_time + timedelta(minutes=42) if plan.status == "Sent" else scheduled_at

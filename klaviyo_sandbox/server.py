@@ -41,6 +41,7 @@ def create_sandbox(
                          state_path=state)
     build_app(sandbox)
     sandbox.save_state()
+    sandbox.flush_state()
     return sandbox
 
 

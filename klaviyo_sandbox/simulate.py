@@ -268,14 +268,23 @@ async def send_flow(request: Request) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- campaigns
 
 
-def _can_receive_email(profile: Profile) -> bool:
+def can_receive_campaign_email(profile: Profile, group_id: str) -> bool:
+    """Whether a campaign sent to ``group_id`` reaches this profile.
+
+    Klaviyo's rule (``can_receive_email_marketing``): implicit consent unless globally suppressed —
+    so never-subscribed profiles are mailed too; an unsubscribe from this very list also counts.
+    """
     return (
-        bool(profile.email) and not profile.suppressions and profile.email_marketing.consent != "UNSUBSCRIBED"
+        bool(profile.email)
+        and not profile.suppressions
+        and profile.email_marketing.consent != "UNSUBSCRIBED"
+        and group_id not in profile.list_suppressions
     )
 
 
-def _audience(account: Account, campaign: Campaign) -> list[Profile]:
-    """Members of the included lists/segments minus the excluded ones, who can receive email."""
+def campaign_audience(account: Account, campaign: Campaign) -> list[Profile]:
+    """Members of the included lists/segments minus the excluded ones who can receive the email,
+    each once, in order of joining (group by group)."""
     excluded: set[str] = set()
     for group_id in campaign.excluded_audiences:
         group = account.group(group_id)
@@ -284,11 +293,15 @@ def _audience(account: Account, campaign: Campaign) -> list[Profile]:
     chosen: dict[str, Profile] = {}
     for group_id in campaign.included_audiences:
         group = account.group(group_id)
-        if group is None:
+        if group is None:  # a deleted audience sends to nobody
             continue
         for _joined, profile_id in group.ordered_members():
             profile = account.profiles.get(profile_id)
-            if profile is not None and profile_id not in excluded and _can_receive_email(profile):
+            if (
+                profile is not None
+                and profile_id not in excluded
+                and can_receive_campaign_email(profile, group_id)
+            ):
                 chosen.setdefault(profile_id, profile)
     return list(chosen.values())
 
@@ -308,7 +321,9 @@ async def send_campaign(request: Request) -> dict[str, Any]:
     body = await _json(request)
     options = _options(body)
     profiles = (
-        _audience(account, campaign) if body.get("profiles") is None else _profiles(account, body["profiles"])
+        campaign_audience(account, campaign)
+        if body.get("profiles") is None
+        else _profiles(account, body["profiles"])
     )
     subject = None
     for message_id in campaign.message_ids:

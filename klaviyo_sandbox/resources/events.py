@@ -147,14 +147,15 @@ def render_event(ctx: Context, event: Event) -> dict[str, Any]:
 
 
 def _included(ctx: Context, events: Sequence[Event]) -> list[dict[str, Any]]:
-    """Metrics and profiles of these events, when ``include`` asks for them (attributions: none)."""
-    out: list[dict[str, Any]] = []
+    """Metrics and profiles of these events, once each, when ``include`` asks (attributions: none)."""
     account = ctx.account
-    for event in events:
-        if "metric" in ctx.include and event.metric_id in account.metrics:
-            out.append(render_metric(ctx, account.metrics[event.metric_id]))
-        if "profile" in ctx.include and event.profile_id in account.profiles:
-            out.append(render_profile(ctx, account.profiles[event.profile_id]))
+    out: list[dict[str, Any]] = []
+    if "metric" in ctx.include:
+        metric_ids = dict.fromkeys(e.metric_id for e in events)
+        out.extend(render_metric(ctx, account.metrics[m]) for m in metric_ids if m in account.metrics)
+    if "profile" in ctx.include:
+        profile_ids = dict.fromkeys(e.profile_id for e in events)
+        out.extend(render_profile(ctx, account.profiles[p]) for p in profile_ids if p in account.profiles)
     return out
 
 

@@ -20,6 +20,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx2
 import pytest
+from authlib.common.security import generate_token
+from authlib.integrations.httpx_client import OAuth2Client
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from klaviyo_sandbox.seed import DEMO_OAUTH_CLIENT_ID, DEMO_OAUTH_CLIENT_SECRET, DEMO_REDIRECT_URIS
@@ -169,7 +171,7 @@ def app(sandbox: RunningSandbox) -> Iterator[OAuthApp]:
 
 
 @pytest.fixture
-def fresh_app(make_sandbox: Callable[..., RunningSandbox]) -> Callable[..., OAuthApp]:
+def fresh_app(make_sandbox: Callable[..., RunningSandbox]) -> Iterator[Callable[..., OAuthApp]]:
     """An OAuth app on a new sandbox started with the given options."""
     clients: list[httpx2.Client] = []
     apps: list[OAuthApp] = []
@@ -283,6 +285,41 @@ def test_the_demo_seed_app_works(sandbox: RunningSandbox) -> None:
         assert accounts.status_code == 200, accounts.text
         assert [a["id"] for a in accounts.json()["data"]] == [account_id]
         assert demo.revoke(tokens["refresh_token"]).status_code == 200
+
+
+def test_authlib_client_runs_the_flow_unchanged(app: OAuthApp) -> None:
+    """authlib's OAuth2Client (PKCE S256, client_secret_basic) against the sandbox, as a connector would."""
+    base = app.running.base_url
+    verifier = generate_token(64)
+    with OAuth2Client(
+        client_id=app.client_id,
+        client_secret=app.client_secret,
+        scope=" ".join(SCOPES),
+        redirect_uri=app.redirect_uri,
+        code_challenge_method="S256",
+        base_url=base,
+    ) as oauth:
+        url, state = oauth.create_authorization_url(f"{base}/oauth/authorize", code_verifier=verifier)
+        query = dict(parse_qs(urlsplit(url).query, keep_blank_values=True))
+        params = {k: v[0] for k, v in query.items()}
+        consent = app.http.post(
+            "/oauth/authorize", data={**params, "account_id": app.account_ids()[0], "decision": "allow"}
+        )
+        assert consent.status_code == 302, consent.text
+        token = oauth.fetch_token(
+            f"{base}/oauth/token",
+            authorization_response=consent.headers["location"],
+            code_verifier=verifier,
+            state=state,
+        )
+        assert token["token_type"] == "Bearer" and token["scope"] == " ".join(SCOPES)
+        refreshed = oauth.refresh_token(f"{base}/oauth/token", refresh_token=token["refresh_token"])
+        assert refreshed["access_token"] != token["access_token"]
+        revoked = oauth.revoke_token(
+            f"{base}/oauth/revoke", token=token["refresh_token"], token_type_hint="refresh_token"
+        )
+        assert revoked.status_code == 200
+    assert app.grants()[0]["revoked"] is True
 
 
 def test_client_secret_post_is_accepted(app: OAuthApp) -> None:

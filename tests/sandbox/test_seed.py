@@ -59,12 +59,14 @@ def _fingerprint(store: Store) -> str:
     """A digest of everything a test or a client could observe about a seeded store."""
     parts: list[object] = []
     for account in store.accounts.values():
-        parts.append((account.id, account.private_api_key, account.public_api_key, account.created.isoformat()))
+        parts.append((account.id, account.private_api_key, account.public_api_key,
+                      account.created.isoformat()))
         parts.extend((p.id, p.email, p.phone_number, p.external_id, p.updated.isoformat(),
                       p.email_marketing.consent, json.dumps(p.properties, sort_keys=True))
                      for p in account.profiles.values())
         for group in [*account.lists.values(), *account.segments.values()]:
-            parts.append((group.id, group.name, sorted((pid, at.isoformat()) for pid, at in group.members.items())))
+            members = sorted((pid, at.isoformat()) for pid, at in group.members.items())
+            parts.append((group.id, group.name, members, sorted(getattr(group, "pending", {}))))
         parts.extend(account.metrics)
         parts.extend((f.id, f.action_ids) for f in account.flows.values())
         parts.extend(account.flow_messages)
@@ -88,7 +90,7 @@ def test_seeding_twice_into_one_store_is_rejected() -> None:
         seed_store(store, "empty", now=NOW)
 
 
-def test_oauth_app_allows_every_klaviyo_scope() -> None:
+def test_oauth_app_allows_every_klaviyo_scope(demo: Store) -> None:
     spec = json.loads(SPEC_PATH.read_text())
     spec_scopes = {
         scope
@@ -100,8 +102,8 @@ def test_oauth_app_allows_every_klaviyo_scope() -> None:
     assert len(KLAVIYO_SCOPES) == len(set(KLAVIYO_SCOPES)) == 46
     assert set(KLAVIYO_SCOPES) == spec_scopes
 
-    for seed in ("empty", "demo"):
-        client = seed_store(Store(), seed, now=NOW).oauth_clients[DEMO_OAUTH_CLIENT_ID]
+    for store in (seed_store(Store(), "empty", now=NOW), demo):
+        client = store.oauth_clients[DEMO_OAUTH_CLIENT_ID]
         assert client.client_secret == DEMO_OAUTH_CLIENT_SECRET
         assert set(client.scopes) == spec_scopes
         assert {
@@ -157,7 +159,9 @@ def test_demo_is_deterministic_for_a_fixed_now(demo: Store) -> None:
         assert {g.id: g.members for g in first.segments.values()} == {
             g.id: g.members for g in second.segments.values()
         }
-        assert {g.id: g.members for g in first.lists.values()} == {g.id: g.members for g in second.lists.values()}
+        assert {g.id: g.members for g in first.lists.values()} == {
+            g.id: g.members for g in second.lists.values()
+        }
         assert list(first.events) == list(second.events)
 
 
@@ -181,7 +185,9 @@ def test_a_different_now_shifts_the_data_but_keeps_the_people(demo: Store) -> No
     later = seed_store(Store(), "demo", now=NOW + timedelta(days=1))
     for first, second in zip(demo.accounts.values(), later.accounts.values(), strict=True):
         assert [p.email for p in first.profiles.values()] == [p.email for p in second.profiles.values()]
-        assert max(e.datetime for e in second.events.values()) > max(e.datetime for e in first.events.values())
+        assert max(e.datetime for e in second.events.values()) > max(
+            e.datetime for e in first.events.values()
+        )
 
 
 # ---------------------------------------------------------------------------- demo people
@@ -212,6 +218,10 @@ def test_demo_people_identifiers_are_unique_and_plausible() -> None:
     assert 0.70 <= len(phones) / len(people) <= 0.80
     assert {p.country_code for p in people} == {"US", "CA", "GB", "AU"}
     assert all(timedelta(0) < p.signup_age <= timedelta(days=366) for p in people)
+    for person in people:
+        if person.phone_number:  # the number belongs to the person's country (not e.g. Jersey for GB)
+            region = phonenumbers.region_code_for_number(phonenumbers.parse(person.phone_number))
+            assert region == person.country_code, person
 
 
 def test_seeded_profiles_are_exactly_the_demo_people(accounts: list[Account]) -> None:
@@ -238,7 +248,7 @@ def test_every_phone_is_valid_e164(accounts: list[Account]) -> None:
             parsed = phonenumbers.parse(phone)
             assert phonenumbers.is_valid_number(parsed), phone
             assert phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164) == phone
-            assert phonenumbers.region_code_for_number(parsed) in ("US", "CA", "GB", "AU")
+            assert phonenumbers.region_code_for_number(parsed) in ("US", "CA", "GB", "AU"), phone
 
 
 # ---------------------------------------------------------------------------- accounts and profiles
@@ -323,7 +333,7 @@ def test_segments_overlap_and_range_from_tens_to_thousands(
 ) -> None:
     for account in main_accounts:
         segments = list(account.segments.values())
-        assert len(segments) >= 8
+        assert len(segments) > 10  # more than one page of GET /api/segments
         sizes = sorted(len(s.members) for s in segments)
         assert sizes[0] < 100 and sizes[-1] >= 2000
         overlapping = [
@@ -354,9 +364,15 @@ def test_behavioural_segments_follow_the_events(main_accounts: list[Account]) ->
                                       metric["Viewed Product"], metric["Placed Order"]}
         assert set(by_name["Engaged 30 days"].members) <= set(by_name["Engaged 90 days"].members)
         for pid in by_name["Clicked email, no purchase"].members:
-            assert metric["Clicked Email"] in by_profile[pid] and metric["Placed Order"] not in by_profile[pid]
+            assert metric["Clicked Email"] in by_profile[pid]
+            assert metric["Placed Order"] not in by_profile[pid]
         for pid in by_name["Abandoned cart 7 days"].members:
             assert metric["Started Checkout"] in by_profile[pid]
+        for pid in by_name["Browse abandonment 14 days"].members:
+            assert metric["Viewed Product"] in by_profile[pid]
+        for pid in by_name["Never purchased"].members:
+            assert metric["Placed Order"] not in by_profile[pid]
+            assert account.profiles[pid].properties["lifetime_orders"] == 0
         for pid in by_name["SMS subscribers"].members:
             assert account.profiles[pid].sms_marketing.consent == "SUBSCRIBED"
 
@@ -427,6 +443,25 @@ def test_campaigns(main_accounts: list[Account]) -> None:
             assert all(account.group(g) is not None for g in campaign.included_audiences)
 
 
+def test_record_timestamps_are_in_the_past_and_ordered(accounts: list[Account]) -> None:
+    for account in accounts:
+        assert account.created < NOW - timedelta(days=366)
+        stamped = [
+            *((g.created, g.updated) for g in [*account.lists.values(), *account.segments.values()]),
+            *((m.created, m.updated) for m in account.metrics.values()),
+            *((f.created, f.updated) for f in account.flows.values()),
+            *((a.created, a.updated) for a in account.flow_actions.values()),
+            *((m.created, m.updated) for m in account.flow_messages.values()),
+            *((c.created_at, c.updated_at) for c in account.campaigns.values()),
+            *((m.created_at, m.updated_at) for m in account.campaign_messages.values()),
+        ]
+        assert all(account.created <= created <= updated <= NOW for created, updated in stamped)
+        for campaign in account.campaigns.values():
+            if campaign.scheduled_at is not None:
+                assert campaign.created_at <= campaign.scheduled_at <= NOW
+                assert campaign.send_time is not None and campaign.scheduled_at <= campaign.send_time
+
+
 # ---------------------------------------------------------------------------- events
 
 
@@ -444,7 +479,7 @@ def test_event_volume_and_shape(accounts: list[Account]) -> None:
             assert event.metric_id in account.metrics and event.profile_id in account.profiles
             assert previous is None or previous <= event.datetime  # stored in time order
             previous = event.datetime
-            last_event[event.profile_id] = max(event.datetime, last_event.get(event.profile_id, event.datetime))
+            last_event[event.profile_id] = event.datetime  # events are in time order
         assert len({e.uuid for e in account.events.values()}) == len(account.events)
         for profile in account.profiles.values():
             assert profile.last_event_date == last_event.get(profile.id)
@@ -459,7 +494,8 @@ def test_email_events_carry_klaviyo_attribution(main_accounts: list[Account]) ->
             if name not in EMAIL_METRICS:
                 continue
             props = event.event_properties
-            assert {"$message", "Subject", "Campaign Name", "$message_send_cohort", "Email Domain"} <= set(props)
+            assert props.keys() >= {"$message", "Subject", "Campaign Name", "$message_send_cohort",
+                                    "Email Domain"}
             assert props["Email Domain"] == account.profiles[event.profile_id].email.split("@")[1]
             if name == "Clicked Email":
                 assert props["URL"].startswith("https://")

@@ -115,7 +115,10 @@ class Receiver:
 
         self.server = _QuietServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True, name="webhook-receiver"
+            target=self.server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            daemon=True,
+            name="webhook-receiver",
         )
         self.thread.start()
 
@@ -769,7 +772,5 @@ def test_stopping_the_sandbox_does_not_hang_on_a_slow_receiver(
     started = time.monotonic()
     running.server.should_exit = True
     wait_until(lambda: running.sandbox.webhooks.stopped, timeout=5)
-    took = time.monotonic() - started
-    print(f"stop took {took:.2f}s")
-    assert took < 3
+    assert time.monotonic() - started < 3  # one second of grace for the in-flight POST, then cancelled
     hook_api.close()
