@@ -36,7 +36,7 @@ def serve_bare(port: int, body_file: str) -> None:
     body = Path(body_file).read_bytes()
     headers = [(b"content-type", b"application/vnd.api+json"), (b"content-length", str(len(body)).encode())]
 
-    async def app(scope, receive, send):  # noqa: ANN001 - raw ASGI
+    async def app(scope, receive, send):
         if scope["type"] != "http":
             return
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -86,8 +86,22 @@ async def measure(seconds: float, concurrency: int) -> dict:
     """Start both servers, drive each, and return the figures."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     sandbox = subprocess.Popen(
-        [sys.executable, "-m", "klaviyo_sandbox.cli", "serve", "--port", "0", "--json", "--rate-limits", "off",
-         "--seed", "demo"], stdout=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "klaviyo_sandbox.cli",
+            "serve",
+            "--port",
+            "0",
+            "--json",
+            "--rate-limits",
+            "off",
+            "--seed",
+            "demo",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     bare = None
     try:
@@ -105,8 +119,9 @@ async def measure(seconds: float, concurrency: int) -> dict:
                 url = page["links"]["next"]
             counts = {}
             for segment in segments:
-                answer = await api.get(f"/api/segments/{segment['id']}",
-                                       params={"additional-fields[segment]": "profile_count"})
+                answer = await api.get(
+                    f"/api/segments/{segment['id']}", params={"additional-fields[segment]": "profile_count"}
+                )
                 counts[segment["id"]] = answer.json()["data"]["attributes"]["profile_count"]
             largest = max(counts, key=counts.get)
             first_url = f"/api/segments/{largest}/profiles?page[size]=100"
@@ -119,14 +134,18 @@ async def measure(seconds: float, concurrency: int) -> dict:
                 return response
 
             await _drive(sandbox_request, 1.0, concurrency)  # warm-up
-            sandbox_done, sandbox_bytes = await _drive(sandbox_request, seconds, concurrency)
+            sandbox_done, _ = await _drive(sandbox_request, seconds, concurrency)
 
         body_file = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-body-{os.getpid()}.json"
         body_file.write_bytes(body)
         port = _free_port()
-        bare = subprocess.Popen([sys.executable, __file__, "--serve-bare", str(port), str(body_file)], env=env)
+        bare = subprocess.Popen(
+            [sys.executable, __file__, "--serve-bare", str(port), str(body_file)], env=env
+        )
         _wait_up(f"http://127.0.0.1:{port}/")
-        async with httpx2.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30, limits=limits) as plain:
+        async with httpx2.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=30, limits=limits
+        ) as plain:
 
             async def bare_request(state: dict) -> httpx2.Response:
                 return await plain.get("/api/segments/x/profiles?page[size]=100", headers=headers)
@@ -172,12 +191,18 @@ def main() -> None:
         serve_bare(int(args.serve_bare[0]), args.serve_bare[1])
         return
     figures = asyncio.run(measure(args.seconds, args.concurrency))
-    print(f"sandbox: {figures['sandbox_pages_per_s']} pages/s ({figures['sandbox_members_per_s']} members/s) "
-          f"of {figures['page_bytes']} bytes each")
-    print(f"bare ASGI endpoint, same body: {figures['bare_asgi_pages_per_s']} pages/s "
-          f"→ sandbox/bare = {figures['sandbox_vs_bare_ratio']}")
-    print(f"Klaviyo steady ceiling: {KLAVIYO_STEADY_PER_SECOND:.1f} requests/s per account → sandbox serves "
-          f"{figures['sandbox_vs_klaviyo_steady_ratio']}× that")
+    print(
+        f"sandbox: {figures['sandbox_pages_per_s']} pages/s ({figures['sandbox_members_per_s']} members/s) "
+        f"of {figures['page_bytes']} bytes each"
+    )
+    print(
+        f"bare ASGI endpoint, same body: {figures['bare_asgi_pages_per_s']} pages/s "
+        f"→ sandbox/bare = {figures['sandbox_vs_bare_ratio']}"
+    )
+    print(
+        f"Klaviyo steady ceiling: {KLAVIYO_STEADY_PER_SECOND:.1f} requests/s per account → sandbox serves "
+        f"{figures['sandbox_vs_klaviyo_steady_ratio']}× that"
+    )
     print(json.dumps(figures))
 
 

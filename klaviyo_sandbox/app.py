@@ -28,7 +28,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from klaviyo_sandbox import spec
-from klaviyo_sandbox.errors import ApiError, authentication_failed, invalid, not_authenticated, permission_denied
+from klaviyo_sandbox.errors import (
+    ApiError,
+    authentication_failed,
+    invalid,
+    not_authenticated,
+    permission_denied,
+)
 from klaviyo_sandbox.filters import FilterError, compile_filter
 from klaviyo_sandbox.jsonapi import Caller, Context
 from klaviyo_sandbox.ratelimit import RateLimiter
@@ -150,7 +156,9 @@ def _authenticate(sandbox: SandboxApp, header: str | None) -> Caller:
         return Caller(account=account, grant=None, scopes=None)
     if scheme == "Bearer":
         grant = authenticate_bearer(sandbox.store, credential)
-        return Caller(account=sandbox.store.accounts[grant.account_id], grant=grant, scopes=frozenset(grant.scopes))
+        return Caller(
+            account=sandbox.store.accounts[grant.account_id], grant=grant, scopes=frozenset(grant.scopes)
+        )
     raise not_authenticated()
 
 
@@ -283,8 +291,14 @@ async def api_endpoint(request: Request) -> Response:
     sandbox: SandboxApp = request.app.state.sandbox
     path = request.url.path
     started = utcnow()
-    log: dict[str, Any] = {"at": started.isoformat(), "method": request.method, "path": path,
-                           "query": str(request.url.query), "account_id": None, "client_id": None}
+    log: dict[str, Any] = {
+        "at": started.isoformat(),
+        "method": request.method,
+        "path": path,
+        "query": str(request.url.query),
+        "account_id": None,
+        "client_id": None,
+    }
     drop = [False]
     try:
         response = await _api(request, sandbox, path, log, drop)
@@ -297,11 +311,13 @@ async def api_endpoint(request: Request) -> Response:
     return response
 
 
-async def _api(request: Request, sandbox: SandboxApp, path: str, log: dict[str, Any], drop: list[bool]) -> Response:
+async def _api(
+    request: Request, sandbox: SandboxApp, path: str, log: dict[str, Any], drop: list[bool]
+) -> Response:
     op, path_params, path_exists = spec.match(request.method, path)
     if op is None:
         if path_exists:
-            raise ApiError(405, f"Method \"{request.method}\" not allowed.")
+            raise ApiError(405, f'Method "{request.method}" not allowed.')
         raise ApiError(404, f"The path {path} was not found.")
     log["operation_id"] = op.operation_id
     for name, value in path_params.items():
@@ -335,8 +351,16 @@ async def _api(request: Request, sandbox: SandboxApp, path: str, log: dict[str, 
     try:
         _check_scopes(op, caller)
         await _maybe_fault(sandbox, path, drop)
-        ctx = Context(store=sandbox.store, op=op, caller=caller, base_url=str(request.base_url).rstrip("/"),
-                      path=path, path_params=path_params, query=query, app=sandbox)
+        ctx = Context(
+            store=sandbox.store,
+            op=op,
+            caller=caller,
+            base_url=str(request.base_url).rstrip("/"),
+            path=path,
+            path_params=path_params,
+            query=query,
+            app=sandbox,
+        )
         _parse_query(op, query, ctx)
         ctx.body = await _read_body(request, op)
         func = HANDLERS.get(op.operation_id)
@@ -364,8 +388,13 @@ class _DroppingResponse(Response):
         super().__init__(status_code=200)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", JSONAPI.encode()), (b"content-length", b"1000")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", JSONAPI.encode()), (b"content-length", b"1000")],
+            }
+        )
         await send({"type": "http.response.body", "body": b'{"data": [', "more_body": True})
         raise DroppedConnection("injected dropped connection")
 

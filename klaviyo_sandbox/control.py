@@ -94,8 +94,12 @@ def account_summary(store: Store, account: Account) -> dict[str, Any]:
         "sms_enabled": account.sms_enabled,
         "advanced_kdp": account.advanced_kdp,
         "oauth_clients": [
-            {"client_id": c.client_id, "client_secret": c.client_secret, "name": c.name,
-             "redirect_uris": c.redirect_uris}
+            {
+                "client_id": c.client_id,
+                "client_secret": c.client_secret,
+                "name": c.name,
+                "redirect_uris": c.redirect_uris,
+            }
             for c in store.oauth_clients.values()
         ],
         "counts": {
@@ -205,10 +209,17 @@ async def create_profiles(request: Request) -> tuple[int, dict[str, Any]]:
         if existing is not None:
             created.append(existing.id)
             continue
-        profile = Profile(id=ids.ulid(store.rng, now), created=now, updated=now,
-                          email=raw.get("email"), phone_number=raw.get("phone_number"),
-                          external_id=raw.get("external_id"), first_name=raw.get("first_name"),
-                          last_name=raw.get("last_name"), properties=raw.get("properties") or {})
+        profile = Profile(
+            id=ids.ulid(store.rng, now),
+            created=now,
+            updated=now,
+            email=raw.get("email"),
+            phone_number=raw.get("phone_number"),
+            external_id=raw.get("external_id"),
+            first_name=raw.get("first_name"),
+            last_name=raw.get("last_name"),
+            properties=raw.get("properties") or {},
+        )
         if raw.get("email_consent"):
             profile.email_marketing.consent = raw["email_consent"]
             profile.email_marketing.consent_timestamp = now
@@ -263,12 +274,22 @@ async def create_group(request: Request) -> tuple[int, dict[str, Any]]:
     now = utcnow()
     group: Group
     if kind == "lists":
-        group = KList(id=ids.short_id(store.rng), name=body["name"], created=now, updated=now,
-                      opt_in_process=body.get("opt_in_process", "single_opt_in"))
+        group = KList(
+            id=ids.short_id(store.rng),
+            name=body["name"],
+            created=now,
+            updated=now,
+            opt_in_process=body.get("opt_in_process", "single_opt_in"),
+        )
         account.lists[group.id] = group
     elif kind == "segments":
-        group = Segment(id=ids.short_id(store.rng), name=body["name"], created=now, updated=now,
-                        definition=body.get("definition") or {"condition_groups": []})
+        group = Segment(
+            id=ids.short_id(store.rng),
+            name=body["name"],
+            created=now,
+            updated=now,
+            definition=body.get("definition") or {"condition_groups": []},
+        )
         account.segments[group.id] = group
     else:
         raise ControlError(404, f"unknown group kind {kind!r}; use lists or segments")
@@ -313,11 +334,18 @@ async def get_members(request: Request) -> dict[str, Any]:
 
     def row(profile_id: str, at: datetime) -> dict[str, Any]:
         profile = account.profiles.get(profile_id)
-        return {"profile_id": profile_id, "email": profile.email if profile else None,
-                "phone_number": profile.phone_number if profile else None, "at": iso(at)}
+        return {
+            "profile_id": profile_id,
+            "email": profile.email if profile else None,
+            "phone_number": profile.phone_number if profile else None,
+            "at": iso(at),
+        }
 
-    data: dict[str, Any] = {"id": group.id, "name": group.name,
-                            "members": [row(pid, at) for at, pid in group.ordered_members()]}
+    data: dict[str, Any] = {
+        "id": group.id,
+        "name": group.name,
+        "members": [row(pid, at) for at, pid in group.ordered_members()],
+    }
     if isinstance(group, KList):
         data["opt_in_process"] = group.opt_in_process
         data["pending"] = [row(pid, at) for pid, at in group.pending.items()]
@@ -346,8 +374,12 @@ async def confirm_double_opt_in(request: Request) -> dict[str, Any]:
 async def confirmation_emails(request: Request) -> dict[str, Any]:
     """Double-opt-in confirmation emails the sandbox has 'sent'."""
     account = _account(request)
-    return {"data": [{"profile_id": c.profile_id, "email": c.email, "list_id": c.list_id, "at": iso(c.at)}
-                     for c in account.confirmation_emails]}
+    return {
+        "data": [
+            {"profile_id": c.profile_id, "email": c.email, "list_id": c.list_id, "at": iso(c.at)}
+            for c in account.confirmation_emails
+        ]
+    }
 
 
 @_endpoint
@@ -357,11 +389,25 @@ async def suppressions(request: Request) -> dict[str, Any]:
     rows = []
     for profile in account.profiles.values():
         for s in profile.suppressions:
-            rows.append({"profile_id": profile.id, "email": profile.email, "list_id": None, "reason": s.reason,
-                         "timestamp": iso(s.timestamp)})
+            rows.append(
+                {
+                    "profile_id": profile.id,
+                    "email": profile.email,
+                    "list_id": None,
+                    "reason": s.reason,
+                    "timestamp": iso(s.timestamp),
+                }
+            )
         for list_id, s in profile.list_suppressions.items():
-            rows.append({"profile_id": profile.id, "email": profile.email, "list_id": list_id,
-                         "reason": s.reason, "timestamp": iso(s.timestamp)})
+            rows.append(
+                {
+                    "profile_id": profile.id,
+                    "email": profile.email,
+                    "list_id": list_id,
+                    "reason": s.reason,
+                    "timestamp": iso(s.timestamp),
+                }
+            )
     return {"data": rows}
 
 
@@ -438,6 +484,17 @@ async def rate_limits(request: Request) -> dict[str, Any]:
     return {"data": {"enabled": sandbox.limiter.enabled, "scale": sandbox.limiter.scale}}
 
 
+@_endpoint
+async def flush_state(request: Request) -> dict[str, Any]:
+    """Write the ``--state`` file now (it is otherwise written every few seconds and at exit)."""
+    sandbox = _sandbox(request)
+    if sandbox.state_path is None:
+        raise ControlError(400, "the sandbox runs without --state")
+    sandbox.dirty = True
+    sandbox.flush_state()
+    return {"data": {"written": True, "path": str(sandbox.state_path)}}
+
+
 def routes() -> list[Route]:
     """Every control route (the webhook and send simulation routes come from ``simulate``)."""
     base = [
@@ -449,8 +506,11 @@ def routes() -> list[Route]:
         Route("/_sandbox/accounts/{account_id}/{kind}", create_group, methods=["POST"]),
         Route("/_sandbox/accounts/{account_id}/{kind}/{group_id}/members", change_members, methods=["POST"]),
         Route("/_sandbox/accounts/{account_id}/{kind}/{group_id}/members", get_members, methods=["GET"]),
-        Route("/_sandbox/accounts/{account_id}/{kind}/{group_id}/confirm", confirm_double_opt_in,
-              methods=["POST"]),
+        Route(
+            "/_sandbox/accounts/{account_id}/{kind}/{group_id}/confirm",
+            confirm_double_opt_in,
+            methods=["POST"],
+        ),
         Route("/_sandbox/accounts/{account_id}/confirmation-emails", confirmation_emails, methods=["GET"]),
         Route("/_sandbox/accounts/{account_id}/suppressions", suppressions, methods=["GET"]),
         Route("/_sandbox/accounts/{account_id}/subscription-jobs", subscription_jobs, methods=["GET"]),
@@ -458,6 +518,7 @@ def routes() -> list[Route]:
         Route("/_sandbox/requests", clear_request_log, methods=["DELETE"]),
         Route("/_sandbox/faults", faults, methods=["GET", "PUT"]),
         Route("/_sandbox/rate-limits", rate_limits, methods=["GET", "PUT", "DELETE"]),
+        Route("/_sandbox/state/flush", flush_state, methods=["POST"]),
     ]
     try:
         from klaviyo_sandbox import simulate

@@ -81,14 +81,22 @@ def not_found(resource: str, resource_id: str) -> ApiError:
 
 def authentication_failed(detail: str = "Incorrect authentication credentials.") -> ApiError:
     """401 ``authentication_failed``."""
-    return ApiError(401, detail, code="authentication_failed", title="Incorrect authentication credentials.",
-                    pointer="/data/")
+    return ApiError(
+        401,
+        detail,
+        code="authentication_failed",
+        title="Incorrect authentication credentials.",
+        pointer="/data/",
+    )
 
 
 def not_authenticated() -> ApiError:
     """401 when no ``Authorization`` header was sent."""
-    return ApiError(401, "Missing or invalid authorization scheme. Please use Klaviyo-API-Key or Bearer.",
-                    pointer="/data/")
+    return ApiError(
+        401,
+        "Missing or invalid authorization scheme. Please use Klaviyo-API-Key or Bearer.",
+        pointer="/data/",
+    )
 
 
 def permission_denied(detail: str = "You do not have permission to perform this action.") -> ApiError:

@@ -157,7 +157,9 @@ def sparse(attributes: dict[str, Any], wanted: Sequence[str] | None) -> dict[str
     return out
 
 
-def single(ctx: Context, data: dict[str, Any], included: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def single(
+    ctx: Context, data: dict[str, Any], included: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """A single-resource document."""
     doc: dict[str, Any] = {"data": data, "links": {"self": ctx.self_link()}}
     if included is not None and ctx.include:
@@ -270,11 +272,14 @@ def require_linkage(body: Any, type_: str, pointer: str = "/data") -> dict[str, 
     if not isinstance(data, dict):
         raise invalid("The request body must contain a 'data' object.", pointer=pointer)
     if data.get("type") != type_:
-        raise invalid(f"Expected resource type '{type_}', got '{data.get('type')}'.", pointer=f"{pointer}/type")
+        raise invalid(
+            f"Expected resource type '{type_}', got '{data.get('type')}'.", pointer=f"{pointer}/type"
+        )
     return data
 
 
 def conflict(detail: str, meta: dict[str, Any]) -> ApiError:
     """409 ``duplicate_profile``-style conflicts."""
-    return ApiError(409, detail, code="duplicate_profile", title="Conflict.", pointer="/data/attributes",
-                    meta=meta)
+    return ApiError(
+        409, detail, code="duplicate_profile", title="Conflict.", pointer="/data/attributes", meta=meta
+    )

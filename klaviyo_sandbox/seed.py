@@ -82,7 +82,12 @@ KLAVIYO_SCOPES: tuple[str, ...] = (
     *(
         f"{area}:{mode}"
         for area in (
-            "campaigns", "catalogs", "conversations", "coupon-codes", "coupons", "custom-objects",
+            "campaigns",
+            "catalogs",
+            "conversations",
+            "coupon-codes",
+            "coupons",
+            "custom-objects",
         )
         for mode in ("read", "write")
     ),
@@ -90,8 +95,22 @@ KLAVIYO_SCOPES: tuple[str, ...] = (
     *(
         f"{area}:{mode}"
         for area in (
-            "events", "flows", "forms", "images", "lists", "metrics", "profiles", "push-tokens", "reviews",
-            "segments", "subscriptions", "tags", "templates", "tracking-settings", "web-feeds", "webhooks",
+            "events",
+            "flows",
+            "forms",
+            "images",
+            "lists",
+            "metrics",
+            "profiles",
+            "push-tokens",
+            "reviews",
+            "segments",
+            "subscriptions",
+            "tags",
+            "templates",
+            "tracking-settings",
+            "web-feeds",
+            "webhooks",
         )
         for mode in ("read", "write")
     ),
@@ -101,10 +120,18 @@ SEEDS: tuple[str, ...] = ("demo", "empty")
 
 # Klaviyo's own integration (email/SMS metrics) and the Shopify one (shop metrics), as metrics carry them.
 KLAVIYO_INTEGRATION: dict[str, str] = {
-    "object": "integration", "id": "0rG4eQ", "key": "klaviyo", "name": "Klaviyo", "category": "Internal",
+    "object": "integration",
+    "id": "0rG4eQ",
+    "key": "klaviyo",
+    "name": "Klaviyo",
+    "category": "Internal",
 }
 SHOPIFY_INTEGRATION: dict[str, str] = {
-    "object": "integration", "id": "0eMvjm", "key": "shopify", "name": "Shopify", "category": "eCommerce",
+    "object": "integration",
+    "id": "0eMvjm",
+    "key": "shopify",
+    "name": "Shopify",
+    "category": "eCommerce",
 }
 
 # How far back the simulated events go ("about four weeks of activity").
@@ -132,64 +159,118 @@ class _Country:
     email_domains: tuple[tuple[str, int], ...]
 
 
-_US = _Country("US", "United States", "en-US", (
-    _City("New York", "New York", "America/New_York", ("212", "646", "917"), ("100", "101", "102")),
-    _City("Brooklyn", "New York", "America/New_York", ("718", "347", "929"), ("112",)),
-    _City("Philadelphia", "Pennsylvania", "America/New_York", ("215", "267"), ("191",)),
-    _City("Boston", "Massachusetts", "America/New_York", ("617", "857"), ("021",)),
-    _City("Atlanta", "Georgia", "America/New_York", ("404", "678"), ("303",)),
-    _City("Miami", "Florida", "America/New_York", ("305", "786"), ("331",)),
-    _City("Charlotte", "North Carolina", "America/New_York", ("704", "980"), ("282",)),
-    _City("Raleigh", "North Carolina", "America/New_York", ("919", "984"), ("276",)),
-    _City("Chicago", "Illinois", "America/Chicago", ("312", "773"), ("606",)),
-    _City("Minneapolis", "Minnesota", "America/Chicago", ("612",), ("554",)),
-    _City("Nashville", "Tennessee", "America/Chicago", ("615", "629"), ("372",)),
-    _City("Houston", "Texas", "America/Chicago", ("713", "832"), ("770",)),
-    _City("Austin", "Texas", "America/Chicago", ("512", "737"), ("787",)),
-    _City("Dallas", "Texas", "America/Chicago", ("214", "469"), ("752",)),
-    _City("Denver", "Colorado", "America/Denver", ("303", "720"), ("802",)),
-    _City("Boulder", "Colorado", "America/Denver", ("303", "720"), ("803",)),
-    _City("Salt Lake City", "Utah", "America/Denver", ("801", "385"), ("841",)),
-    _City("Phoenix", "Arizona", "America/Phoenix", ("602", "480"), ("850",)),
-    _City("Las Vegas", "Nevada", "America/Los_Angeles", ("702", "725"), ("891",)),
-    _City("Los Angeles", "California", "America/Los_Angeles", ("213", "310", "323"), ("900",)),
-    _City("San Diego", "California", "America/Los_Angeles", ("619", "858"), ("921",)),
-    _City("San Francisco", "California", "America/Los_Angeles", ("415", "628"), ("941",)),
-    _City("Portland", "Oregon", "America/Los_Angeles", ("503", "971"), ("972",)),
-    _City("Seattle", "Washington", "America/Los_Angeles", ("206", "425"), ("981",)),
-), (("gmail.com", 45), ("yahoo.com", 12), ("icloud.com", 12), ("outlook.com", 8), ("hotmail.com", 7),
-    ("aol.com", 4), ("comcast.net", 3), ("me.com", 2), ("proton.me", 2)))
+_US = _Country(
+    "US",
+    "United States",
+    "en-US",
+    (
+        _City("New York", "New York", "America/New_York", ("212", "646", "917"), ("100", "101", "102")),
+        _City("Brooklyn", "New York", "America/New_York", ("718", "347", "929"), ("112",)),
+        _City("Philadelphia", "Pennsylvania", "America/New_York", ("215", "267"), ("191",)),
+        _City("Boston", "Massachusetts", "America/New_York", ("617", "857"), ("021",)),
+        _City("Atlanta", "Georgia", "America/New_York", ("404", "678"), ("303",)),
+        _City("Miami", "Florida", "America/New_York", ("305", "786"), ("331",)),
+        _City("Charlotte", "North Carolina", "America/New_York", ("704", "980"), ("282",)),
+        _City("Raleigh", "North Carolina", "America/New_York", ("919", "984"), ("276",)),
+        _City("Chicago", "Illinois", "America/Chicago", ("312", "773"), ("606",)),
+        _City("Minneapolis", "Minnesota", "America/Chicago", ("612",), ("554",)),
+        _City("Nashville", "Tennessee", "America/Chicago", ("615", "629"), ("372",)),
+        _City("Houston", "Texas", "America/Chicago", ("713", "832"), ("770",)),
+        _City("Austin", "Texas", "America/Chicago", ("512", "737"), ("787",)),
+        _City("Dallas", "Texas", "America/Chicago", ("214", "469"), ("752",)),
+        _City("Denver", "Colorado", "America/Denver", ("303", "720"), ("802",)),
+        _City("Boulder", "Colorado", "America/Denver", ("303", "720"), ("803",)),
+        _City("Salt Lake City", "Utah", "America/Denver", ("801", "385"), ("841",)),
+        _City("Phoenix", "Arizona", "America/Phoenix", ("602", "480"), ("850",)),
+        _City("Las Vegas", "Nevada", "America/Los_Angeles", ("702", "725"), ("891",)),
+        _City("Los Angeles", "California", "America/Los_Angeles", ("213", "310", "323"), ("900",)),
+        _City("San Diego", "California", "America/Los_Angeles", ("619", "858"), ("921",)),
+        _City("San Francisco", "California", "America/Los_Angeles", ("415", "628"), ("941",)),
+        _City("Portland", "Oregon", "America/Los_Angeles", ("503", "971"), ("972",)),
+        _City("Seattle", "Washington", "America/Los_Angeles", ("206", "425"), ("981",)),
+    ),
+    (
+        ("gmail.com", 45),
+        ("yahoo.com", 12),
+        ("icloud.com", 12),
+        ("outlook.com", 8),
+        ("hotmail.com", 7),
+        ("aol.com", 4),
+        ("comcast.net", 3),
+        ("me.com", 2),
+        ("proton.me", 2),
+    ),
+)
 
-_CA = _Country("CA", "Canada", "en-CA", (
-    _City("Toronto", "Ontario", "America/Toronto", ("416", "647", "437"), ("M5V", "M4C", "M6J", "M5A")),
-    _City("Ottawa", "Ontario", "America/Toronto", ("613", "343"), ("K1P", "K2P")),
-    _City("Montreal", "Quebec", "America/Toronto", ("514", "438"), ("H2X", "H3B", "H2T"), locale="fr-CA"),
-    _City("Vancouver", "British Columbia", "America/Vancouver", ("604", "778"), ("V6B", "V5K", "V6K")),
-    _City("Calgary", "Alberta", "America/Edmonton", ("403", "587"), ("T2P", "T3A")),
-    _City("Halifax", "Nova Scotia", "America/Halifax", ("902", "782"), ("B3H", "B3J")),
-), (("gmail.com", 45), ("hotmail.com", 12), ("icloud.com", 10), ("outlook.com", 10), ("yahoo.ca", 8),
-    ("shaw.ca", 4), ("rogers.com", 4)))
+_CA = _Country(
+    "CA",
+    "Canada",
+    "en-CA",
+    (
+        _City("Toronto", "Ontario", "America/Toronto", ("416", "647", "437"), ("M5V", "M4C", "M6J", "M5A")),
+        _City("Ottawa", "Ontario", "America/Toronto", ("613", "343"), ("K1P", "K2P")),
+        _City("Montreal", "Quebec", "America/Toronto", ("514", "438"), ("H2X", "H3B", "H2T"), locale="fr-CA"),
+        _City("Vancouver", "British Columbia", "America/Vancouver", ("604", "778"), ("V6B", "V5K", "V6K")),
+        _City("Calgary", "Alberta", "America/Edmonton", ("403", "587"), ("T2P", "T3A")),
+        _City("Halifax", "Nova Scotia", "America/Halifax", ("902", "782"), ("B3H", "B3J")),
+    ),
+    (
+        ("gmail.com", 45),
+        ("hotmail.com", 12),
+        ("icloud.com", 10),
+        ("outlook.com", 10),
+        ("yahoo.ca", 8),
+        ("shaw.ca", 4),
+        ("rogers.com", 4),
+    ),
+)
 
-_GB = _Country("GB", "United Kingdom", "en-GB", (
-    _City("London", "England", "Europe/London", (), ("SW1A", "E1", "N1", "SE1", "W1T", "NW3", "E8")),
-    _City("Manchester", "England", "Europe/London", (), ("M1", "M4", "M20")),
-    _City("Birmingham", "England", "Europe/London", (), ("B1", "B15")),
-    _City("Leeds", "England", "Europe/London", (), ("LS1", "LS6")),
-    _City("Bristol", "England", "Europe/London", (), ("BS1", "BS8")),
-    _City("Glasgow", "Scotland", "Europe/London", (), ("G1", "G12")),
-    _City("Edinburgh", "Scotland", "Europe/London", (), ("EH1", "EH3")),
-    _City("Cardiff", "Wales", "Europe/London", (), ("CF10", "CF11")),
-), (("gmail.com", 40), ("hotmail.co.uk", 15), ("outlook.com", 10), ("yahoo.co.uk", 10), ("icloud.com", 10),
-    ("btinternet.com", 6), ("sky.com", 4)))
+_GB = _Country(
+    "GB",
+    "United Kingdom",
+    "en-GB",
+    (
+        _City("London", "England", "Europe/London", (), ("SW1A", "E1", "N1", "SE1", "W1T", "NW3", "E8")),
+        _City("Manchester", "England", "Europe/London", (), ("M1", "M4", "M20")),
+        _City("Birmingham", "England", "Europe/London", (), ("B1", "B15")),
+        _City("Leeds", "England", "Europe/London", (), ("LS1", "LS6")),
+        _City("Bristol", "England", "Europe/London", (), ("BS1", "BS8")),
+        _City("Glasgow", "Scotland", "Europe/London", (), ("G1", "G12")),
+        _City("Edinburgh", "Scotland", "Europe/London", (), ("EH1", "EH3")),
+        _City("Cardiff", "Wales", "Europe/London", (), ("CF10", "CF11")),
+    ),
+    (
+        ("gmail.com", 40),
+        ("hotmail.co.uk", 15),
+        ("outlook.com", 10),
+        ("yahoo.co.uk", 10),
+        ("icloud.com", 10),
+        ("btinternet.com", 6),
+        ("sky.com", 4),
+    ),
+)
 
-_AU = _Country("AU", "Australia", "en-AU", (
-    _City("Sydney", "New South Wales", "Australia/Sydney", (), ("20",)),
-    _City("Melbourne", "Victoria", "Australia/Melbourne", (), ("30",)),
-    _City("Brisbane", "Queensland", "Australia/Brisbane", (), ("40",)),
-    _City("Perth", "Western Australia", "Australia/Perth", (), ("60",)),
-    _City("Adelaide", "South Australia", "Australia/Adelaide", (), ("50",)),
-), (("gmail.com", 45), ("hotmail.com", 10), ("outlook.com", 10), ("bigpond.com", 10), ("icloud.com", 10),
-    ("yahoo.com.au", 6), ("optusnet.com.au", 4)))
+_AU = _Country(
+    "AU",
+    "Australia",
+    "en-AU",
+    (
+        _City("Sydney", "New South Wales", "Australia/Sydney", (), ("20",)),
+        _City("Melbourne", "Victoria", "Australia/Melbourne", (), ("30",)),
+        _City("Brisbane", "Queensland", "Australia/Brisbane", (), ("40",)),
+        _City("Perth", "Western Australia", "Australia/Perth", (), ("60",)),
+        _City("Adelaide", "South Australia", "Australia/Adelaide", (), ("50",)),
+    ),
+    (
+        ("gmail.com", 45),
+        ("hotmail.com", 10),
+        ("outlook.com", 10),
+        ("bigpond.com", 10),
+        ("icloud.com", 10),
+        ("yahoo.com.au", 6),
+        ("optusnet.com.au", 4),
+    ),
+)
 
 _COUNTRIES: dict[str, _Country] = {c.code: c for c in (_US, _CA, _GB, _AU)}
 
@@ -202,28 +283,278 @@ _COUNTRY_MIX: dict[str, tuple[tuple[str, float], ...]] = {
 _DEFAULT_MIX: tuple[tuple[str, float], ...] = (("US", 0.7), ("CA", 0.1), ("GB", 0.1), ("AU", 0.1))
 
 # One string per table keeps these readable; split once at import.
-_FIRST_NAMES: tuple[str, ...] = tuple("""
-Emma Olivia Ava Sophia Isabella Mia Charlotte Amelia Harper Evelyn Abigail Emily Ella Elizabeth Camila Luna
-Sofia Avery Mila Aria Scarlett Penelope Layla Chloe Victoria Madison Eleanor Grace Nora Riley Zoey Hannah
-Hazel Lily Ellie Violet Zoe Stella Aurora Natalie Leah Willow Lucy Audrey Bella Claire Maya Sarah Jessica
-Rachel Megan Lauren Ashley Priya Aisha Mei Yuki Fatima Amara Lucia Siobhan Niamh Freya Isla Imogen Poppy
-Liam Noah Oliver Elijah James William Benjamin Lucas Henry Theodore Jack Levi Alexander Jackson Mateo Daniel
-Michael Mason Sebastian Ethan Logan Owen Samuel Jacob Asher Aiden John Joseph Wyatt David Leo Luke Julian
-Hudson Grayson Matthew Ezra Gabriel Carter Isaac Luca Anthony Dylan Thomas Elias Charles Caleb Christopher
-Miles Andrew Joshua Nathan Nolan Adrian Cameron Ryan Kevin Brian Marcus Omar Raj Wei Hiroshi Kwame Diego
-Connor Callum Harry George Alfie Rhys Finn
-""".split())  # noqa: SIM905
+_FIRST_NAMES: tuple[str, ...] = tuple(
+    [
+        "Emma",
+        "Olivia",
+        "Ava",
+        "Sophia",
+        "Isabella",
+        "Mia",
+        "Charlotte",
+        "Amelia",
+        "Harper",
+        "Evelyn",
+        "Abigail",
+        "Emily",
+        "Ella",
+        "Elizabeth",
+        "Camila",
+        "Luna",
+        "Sofia",
+        "Avery",
+        "Mila",
+        "Aria",
+        "Scarlett",
+        "Penelope",
+        "Layla",
+        "Chloe",
+        "Victoria",
+        "Madison",
+        "Eleanor",
+        "Grace",
+        "Nora",
+        "Riley",
+        "Zoey",
+        "Hannah",
+        "Hazel",
+        "Lily",
+        "Ellie",
+        "Violet",
+        "Zoe",
+        "Stella",
+        "Aurora",
+        "Natalie",
+        "Leah",
+        "Willow",
+        "Lucy",
+        "Audrey",
+        "Bella",
+        "Claire",
+        "Maya",
+        "Sarah",
+        "Jessica",
+        "Rachel",
+        "Megan",
+        "Lauren",
+        "Ashley",
+        "Priya",
+        "Aisha",
+        "Mei",
+        "Yuki",
+        "Fatima",
+        "Amara",
+        "Lucia",
+        "Siobhan",
+        "Niamh",
+        "Freya",
+        "Isla",
+        "Imogen",
+        "Poppy",
+        "Liam",
+        "Noah",
+        "Oliver",
+        "Elijah",
+        "James",
+        "William",
+        "Benjamin",
+        "Lucas",
+        "Henry",
+        "Theodore",
+        "Jack",
+        "Levi",
+        "Alexander",
+        "Jackson",
+        "Mateo",
+        "Daniel",
+        "Michael",
+        "Mason",
+        "Sebastian",
+        "Ethan",
+        "Logan",
+        "Owen",
+        "Samuel",
+        "Jacob",
+        "Asher",
+        "Aiden",
+        "John",
+        "Joseph",
+        "Wyatt",
+        "David",
+        "Leo",
+        "Luke",
+        "Julian",
+        "Hudson",
+        "Grayson",
+        "Matthew",
+        "Ezra",
+        "Gabriel",
+        "Carter",
+        "Isaac",
+        "Luca",
+        "Anthony",
+        "Dylan",
+        "Thomas",
+        "Elias",
+        "Charles",
+        "Caleb",
+        "Christopher",
+        "Miles",
+        "Andrew",
+        "Joshua",
+        "Nathan",
+        "Nolan",
+        "Adrian",
+        "Cameron",
+        "Ryan",
+        "Kevin",
+        "Brian",
+        "Marcus",
+        "Omar",
+        "Raj",
+        "Wei",
+        "Hiroshi",
+        "Kwame",
+        "Diego",
+        "Connor",
+        "Callum",
+        "Harry",
+        "George",
+        "Alfie",
+        "Rhys",
+        "Finn",
+    ]
+)
 
-_LAST_NAMES: tuple[str, ...] = tuple("""
-Smith Johnson Williams Brown Jones Garcia Miller Davis Rodriguez Martinez Hernandez Lopez Gonzalez Wilson
-Anderson Thomas Taylor Moore Jackson Martin Lee Perez Thompson White Harris Sanchez Clark Ramirez Lewis
-Robinson Walker Young Allen King Wright Scott Torres Nguyen Hill Flores Green Adams Nelson Baker Hall Rivera
-Campbell Mitchell Carter Roberts Patel Kim Chen Singh Murphy O'Brien Kelly Walsh Byrne Ryan Evans Davies
-Hughes Edwards Wood Morgan Cooper Turner Parker Collins Stewart Morris Rogers Reed Cook Bell Murray Bailey
-Cox Howard Ward Peterson Gray Watson Brooks Sanders Price Bennett Ross Foster Powell Jenkins Perry Russell
-Sullivan Fraser MacDonald Tremblay Gagnon Roy Bouchard Wong Tran Ali Khan Shah Novak Kowalski Rossi Muller
-Schmidt Jensen Larsen Nakamura Tanaka Silva Costa Okafor Mensah Cohen Friedman Park Choi Reyes Morales
-""".split())  # noqa: SIM905
+_LAST_NAMES: tuple[str, ...] = tuple(
+    [
+        "Smith",
+        "Johnson",
+        "Williams",
+        "Brown",
+        "Jones",
+        "Garcia",
+        "Miller",
+        "Davis",
+        "Rodriguez",
+        "Martinez",
+        "Hernandez",
+        "Lopez",
+        "Gonzalez",
+        "Wilson",
+        "Anderson",
+        "Thomas",
+        "Taylor",
+        "Moore",
+        "Jackson",
+        "Martin",
+        "Lee",
+        "Perez",
+        "Thompson",
+        "White",
+        "Harris",
+        "Sanchez",
+        "Clark",
+        "Ramirez",
+        "Lewis",
+        "Robinson",
+        "Walker",
+        "Young",
+        "Allen",
+        "King",
+        "Wright",
+        "Scott",
+        "Torres",
+        "Nguyen",
+        "Hill",
+        "Flores",
+        "Green",
+        "Adams",
+        "Nelson",
+        "Baker",
+        "Hall",
+        "Rivera",
+        "Campbell",
+        "Mitchell",
+        "Carter",
+        "Roberts",
+        "Patel",
+        "Kim",
+        "Chen",
+        "Singh",
+        "Murphy",
+        "O'Brien",
+        "Kelly",
+        "Walsh",
+        "Byrne",
+        "Ryan",
+        "Evans",
+        "Davies",
+        "Hughes",
+        "Edwards",
+        "Wood",
+        "Morgan",
+        "Cooper",
+        "Turner",
+        "Parker",
+        "Collins",
+        "Stewart",
+        "Morris",
+        "Rogers",
+        "Reed",
+        "Cook",
+        "Bell",
+        "Murray",
+        "Bailey",
+        "Cox",
+        "Howard",
+        "Ward",
+        "Peterson",
+        "Gray",
+        "Watson",
+        "Brooks",
+        "Sanders",
+        "Price",
+        "Bennett",
+        "Ross",
+        "Foster",
+        "Powell",
+        "Jenkins",
+        "Perry",
+        "Russell",
+        "Sullivan",
+        "Fraser",
+        "MacDonald",
+        "Tremblay",
+        "Gagnon",
+        "Roy",
+        "Bouchard",
+        "Wong",
+        "Tran",
+        "Ali",
+        "Khan",
+        "Shah",
+        "Novak",
+        "Kowalski",
+        "Rossi",
+        "Muller",
+        "Schmidt",
+        "Jensen",
+        "Larsen",
+        "Nakamura",
+        "Tanaka",
+        "Silva",
+        "Costa",
+        "Okafor",
+        "Mensah",
+        "Cohen",
+        "Friedman",
+        "Park",
+        "Choi",
+        "Reyes",
+        "Morales",
+    ]
+)
 
 _NON_LETTERS = re.compile(r"[^a-z]")
 _GB_MOBILE_SECOND_DIGITS = "45789"  # 074xx-079xx: ranges phonenumbers treats as valid UK mobiles
@@ -436,94 +767,287 @@ def _products(base_id: int, sku_prefix: str, rows: Sequence[tuple[str, str, floa
 
 
 _ACME = _AccountSpec(
-    slug="acme-outdoor", name="Acme Outdoor", profiles=5000, timezone="America/Denver", currency="USD",
-    industry="Sporting Goods", locale="en-US", domain="acmeoutdoor.example", sender_local="hello",
-    sms_enabled=True, sms_countries=("US", "CA"), advanced_kdp=True, default_opt_in="double_opt_in",
-    newsletter_opt_in="double_opt_in", age_days=1240, typical_order=135.0,
-    products=_products(7_402_118_000_000, "ACM", (
-        ("Summit 2P Tent", "Tents", 289.0), ("Ridgeline Down Jacket", "Apparel", 219.0),
-        ("Trailblazer Hiking Boots", "Footwear", 164.0), ("Alpine 45L Backpack", "Packs", 179.0),
-        ("Featherlite Sleeping Bag", "Sleep", 149.0), ("Camp Stove Duo", "Cooking", 89.0),
-        ("Merino Base Layer", "Apparel", 74.0), ("Insulated Water Bottle", "Accessories", 32.0),
-        ("Carbon Trekking Poles", "Accessories", 59.0), ("Headlamp 400", "Accessories", 39.0),
-    )),
+    slug="acme-outdoor",
+    name="Acme Outdoor",
+    profiles=5000,
+    timezone="America/Denver",
+    currency="USD",
+    industry="Sporting Goods",
+    locale="en-US",
+    domain="acmeoutdoor.example",
+    sender_local="hello",
+    sms_enabled=True,
+    sms_countries=("US", "CA"),
+    advanced_kdp=True,
+    default_opt_in="double_opt_in",
+    newsletter_opt_in="double_opt_in",
+    age_days=1240,
+    typical_order=135.0,
+    products=_products(
+        7_402_118_000_000,
+        "ACM",
+        (
+            ("Summit 2P Tent", "Tents", 289.0),
+            ("Ridgeline Down Jacket", "Apparel", 219.0),
+            ("Trailblazer Hiking Boots", "Footwear", 164.0),
+            ("Alpine 45L Backpack", "Packs", 179.0),
+            ("Featherlite Sleeping Bag", "Sleep", 149.0),
+            ("Camp Stove Duo", "Cooking", 89.0),
+            ("Merino Base Layer", "Apparel", 74.0),
+            ("Insulated Water Bottle", "Accessories", 32.0),
+            ("Carbon Trekking Poles", "Accessories", 59.0),
+            ("Headlamp 400", "Accessories", 39.0),
+        ),
+    ),
     campaigns=(
-        _CampaignPlan("Spring Trail Gear Drop", "email", "Sent", -26.4, ("list:newsletter",),
-                      "New season, new trails: spring gear is here", "Fresh tents, packs and layers.",
-                      collection="new"),
-        _CampaignPlan("Weekend Flash Sale: 20% Off Tents", "email", "Sent", -19.6, ("segment:engaged_90",),
-                      "48 hours only: 20% off every tent", "Sleep under the stars for less.",
-                      collection="tents", excluded=("segment:lapsed_180",)),
-        _CampaignPlan("Flash Sale SMS: 25% Off Today", "sms", "Sent", -15.3, ("segment:sms_subscribers",),
-                      sms_body="Acme Outdoor: 25% off sitewide today only with code TRAIL25. Shop: "
-                      "https://acmeoutdoor.example/s/trail25 Reply STOP to opt out"),
-        _CampaignPlan("New Arrivals: Ultralight Packs", "email", "Sent", -12.7,
-                      ("list:newsletter", "list:sms_email"),
-                      "Meet our lightest packs yet", "Carry more, feel less.", collection="packs"),
-        _CampaignPlan("VIP Early Access: Summer Collection", "email", "Sent", -8.3,
-                      ("segment:vip", "list:vip"),
-                      "You're first in line, {first_name}", "VIP early access starts now.",
-                      collection="summer"),
-        _CampaignPlan("Last Chance: Free Shipping Ends Tonight", "email", "Sent", -3.4,
-                      ("segment:engaged_90",),
-                      "Free shipping ends at midnight", "No minimum, no code needed.", collection="all"),
-        _CampaignPlan("Summer Camping Checklist", "email", "Scheduled", 4.25, ("list:newsletter",),
-                      "Your summer camping checklist", "Everything you need for the season.",
-                      collection="camping"),
-        _CampaignPlan("Father's Day Gift Guide", "email", "Draft", None, ("segment:engaged_90",),
-                      "Gifts for the dad who loves the outdoors", "Ideas for every budget.",
-                      collection="gifts"),
+        _CampaignPlan(
+            "Spring Trail Gear Drop",
+            "email",
+            "Sent",
+            -26.4,
+            ("list:newsletter",),
+            "New season, new trails: spring gear is here",
+            "Fresh tents, packs and layers.",
+            collection="new",
+        ),
+        _CampaignPlan(
+            "Weekend Flash Sale: 20% Off Tents",
+            "email",
+            "Sent",
+            -19.6,
+            ("segment:engaged_90",),
+            "48 hours only: 20% off every tent",
+            "Sleep under the stars for less.",
+            collection="tents",
+            excluded=("segment:lapsed_180",),
+        ),
+        _CampaignPlan(
+            "Flash Sale SMS: 25% Off Today",
+            "sms",
+            "Sent",
+            -15.3,
+            ("segment:sms_subscribers",),
+            sms_body="Acme Outdoor: 25% off sitewide today only with code TRAIL25. Shop: "
+            "https://acmeoutdoor.example/s/trail25 Reply STOP to opt out",
+        ),
+        _CampaignPlan(
+            "New Arrivals: Ultralight Packs",
+            "email",
+            "Sent",
+            -12.7,
+            ("list:newsletter", "list:sms_email"),
+            "Meet our lightest packs yet",
+            "Carry more, feel less.",
+            collection="packs",
+        ),
+        _CampaignPlan(
+            "VIP Early Access: Summer Collection",
+            "email",
+            "Sent",
+            -8.3,
+            ("segment:vip", "list:vip"),
+            "You're first in line, {first_name}",
+            "VIP early access starts now.",
+            collection="summer",
+        ),
+        _CampaignPlan(
+            "Last Chance: Free Shipping Ends Tonight",
+            "email",
+            "Sent",
+            -3.4,
+            ("segment:engaged_90",),
+            "Free shipping ends at midnight",
+            "No minimum, no code needed.",
+            collection="all",
+        ),
+        _CampaignPlan(
+            "Summer Camping Checklist",
+            "email",
+            "Scheduled",
+            4.25,
+            ("list:newsletter",),
+            "Your summer camping checklist",
+            "Everything you need for the season.",
+            collection="camping",
+        ),
+        _CampaignPlan(
+            "Father's Day Gift Guide",
+            "email",
+            "Draft",
+            None,
+            ("segment:engaged_90",),
+            "Gifts for the dad who loves the outdoors",
+            "Ideas for every budget.",
+            collection="gifts",
+        ),
     ),
 )
 
 _BLOOM = _AccountSpec(
-    slug="bloom-beauty", name="Bloom Beauty", profiles=3000, timezone="America/Los_Angeles", currency="USD",
-    industry="Health & Beauty", locale="en-US", domain="bloombeauty.example", sender_local="care",
-    sms_enabled=True, sms_countries=("US", "CA", "GB", "AU"), advanced_kdp=False,
-    default_opt_in="single_opt_in", newsletter_opt_in="double_opt_in", age_days=890, typical_order=58.0,
-    products=_products(8_105_337_000_000, "BLM", (
-        ("Glow Vitamin C Serum", "Skincare", 48.0), ("Hydra Cloud Moisturizer", "Skincare", 42.0),
-        ("Velvet Matte Lipstick", "Makeup", 24.0), ("Rose Clay Mask", "Skincare", 36.0),
-        ("Silk Repair Hair Oil", "Haircare", 38.0), ("Daily Mineral SPF 50", "Suncare", 32.0),
-        ("Lash Lift Mascara", "Makeup", 26.0), ("Night Renewal Retinol", "Skincare", 58.0),
-        ("Botanical Gel Cleanser", "Skincare", 28.0),
-    )),
+    slug="bloom-beauty",
+    name="Bloom Beauty",
+    profiles=3000,
+    timezone="America/Los_Angeles",
+    currency="USD",
+    industry="Health & Beauty",
+    locale="en-US",
+    domain="bloombeauty.example",
+    sender_local="care",
+    sms_enabled=True,
+    sms_countries=("US", "CA", "GB", "AU"),
+    advanced_kdp=False,
+    default_opt_in="single_opt_in",
+    newsletter_opt_in="double_opt_in",
+    age_days=890,
+    typical_order=58.0,
+    products=_products(
+        8_105_337_000_000,
+        "BLM",
+        (
+            ("Glow Vitamin C Serum", "Skincare", 48.0),
+            ("Hydra Cloud Moisturizer", "Skincare", 42.0),
+            ("Velvet Matte Lipstick", "Makeup", 24.0),
+            ("Rose Clay Mask", "Skincare", 36.0),
+            ("Silk Repair Hair Oil", "Haircare", 38.0),
+            ("Daily Mineral SPF 50", "Suncare", 32.0),
+            ("Lash Lift Mascara", "Makeup", 26.0),
+            ("Night Renewal Retinol", "Skincare", 58.0),
+            ("Botanical Gel Cleanser", "Skincare", 28.0),
+        ),
+    ),
     campaigns=(
-        _CampaignPlan("The Glow Edit", "email", "Sent", -25.2, ("list:newsletter",),
-                      "Your glow-up starts here", "Our most-loved serums, in one edit.", collection="glow"),
-        _CampaignPlan("Mother's Day: Gifts She'll Love", "email", "Sent", -18.5, ("segment:engaged_90",),
-                      "Gifts she'll actually use", "Curated sets from $35.", collection="gifts"),
-        _CampaignPlan("Spring Refresh SMS", "sms", "Sent", -14.1, ("segment:sms_subscribers",),
-                      sms_body="Bloom Beauty: spring refresh! Free mini with every order today. "
-                      "https://bloombeauty.example/s/spring Reply STOP to opt out"),
-        _CampaignPlan("SPF Season Is Here", "email", "Sent", -10.6, ("list:newsletter", "list:sms_email"),
-                      "Don't skip this step", "Daily SPF that doesn't feel like SPF.", collection="suncare"),
-        _CampaignPlan("VIP Double Points Week", "email", "Sent", -5.3, ("segment:vip",),
-                      "Double points, this week only", "Because you're a VIP.", collection="all"),
-        _CampaignPlan("Summer Skin Kit Launch", "email", "Scheduled", 2.6, ("segment:engaged_90",),
-                      "Meet the Summer Skin Kit", "Everything for sunny days.", collection="summer"),
-        _CampaignPlan("Holiday Sets Preview", "email", "Draft", None, ("list:newsletter",),
-                      "A first look at holiday sets", "Wrapped and ready.", collection="holiday"),
+        _CampaignPlan(
+            "The Glow Edit",
+            "email",
+            "Sent",
+            -25.2,
+            ("list:newsletter",),
+            "Your glow-up starts here",
+            "Our most-loved serums, in one edit.",
+            collection="glow",
+        ),
+        _CampaignPlan(
+            "Mother's Day: Gifts She'll Love",
+            "email",
+            "Sent",
+            -18.5,
+            ("segment:engaged_90",),
+            "Gifts she'll actually use",
+            "Curated sets from $35.",
+            collection="gifts",
+        ),
+        _CampaignPlan(
+            "Spring Refresh SMS",
+            "sms",
+            "Sent",
+            -14.1,
+            ("segment:sms_subscribers",),
+            sms_body="Bloom Beauty: spring refresh! Free mini with every order today. "
+            "https://bloombeauty.example/s/spring Reply STOP to opt out",
+        ),
+        _CampaignPlan(
+            "SPF Season Is Here",
+            "email",
+            "Sent",
+            -10.6,
+            ("list:newsletter", "list:sms_email"),
+            "Don't skip this step",
+            "Daily SPF that doesn't feel like SPF.",
+            collection="suncare",
+        ),
+        _CampaignPlan(
+            "VIP Double Points Week",
+            "email",
+            "Sent",
+            -5.3,
+            ("segment:vip",),
+            "Double points, this week only",
+            "Because you're a VIP.",
+            collection="all",
+        ),
+        _CampaignPlan(
+            "Summer Skin Kit Launch",
+            "email",
+            "Scheduled",
+            2.6,
+            ("segment:engaged_90",),
+            "Meet the Summer Skin Kit",
+            "Everything for sunny days.",
+            collection="summer",
+        ),
+        _CampaignPlan(
+            "Holiday Sets Preview",
+            "email",
+            "Draft",
+            None,
+            ("list:newsletter",),
+            "A first look at holiday sets",
+            "Wrapped and ready.",
+            collection="holiday",
+        ),
     ),
 )
 
 _MAPLE = _AccountSpec(
-    slug="maple-moss", name="Maple & Moss Home", profiles=320, timezone="Europe/London", currency="GBP",
-    industry="Home & Garden", locale="en-GB", domain="mapleandmoss.example", sender_local="hello",
-    sms_enabled=False, sms_countries=(), advanced_kdp=False, default_opt_in="single_opt_in",
-    newsletter_opt_in="single_opt_in", age_days=410, typical_order=62.0,
-    products=_products(6_880_412_000_000, "MMH", (
-        ("Linen Throw Blanket", "Textiles", 89.0), ("Cedarwood Soy Candle", "Candles", 34.0),
-        ("Stoneware Mug Set", "Kitchen", 46.0), ("Jute Doormat", "Home", 39.0),
-        ("Terracotta Planter", "Garden", 29.0), ("Wool Cushion Cover", "Textiles", 42.0),
-    )),
+    slug="maple-moss",
+    name="Maple & Moss Home",
+    profiles=320,
+    timezone="Europe/London",
+    currency="GBP",
+    industry="Home & Garden",
+    locale="en-GB",
+    domain="mapleandmoss.example",
+    sender_local="hello",
+    sms_enabled=False,
+    sms_countries=(),
+    advanced_kdp=False,
+    default_opt_in="single_opt_in",
+    newsletter_opt_in="single_opt_in",
+    age_days=410,
+    typical_order=62.0,
+    products=_products(
+        6_880_412_000_000,
+        "MMH",
+        (
+            ("Linen Throw Blanket", "Textiles", 89.0),
+            ("Cedarwood Soy Candle", "Candles", 34.0),
+            ("Stoneware Mug Set", "Kitchen", 46.0),
+            ("Jute Doormat", "Home", 39.0),
+            ("Terracotta Planter", "Garden", 29.0),
+            ("Wool Cushion Cover", "Textiles", 42.0),
+        ),
+    ),
     campaigns=(
-        _CampaignPlan("Autumn Nesting Edit", "email", "Sent", -21.3, ("list:newsletter",),
-                      "Cosy season starts now", "Throws, candles and more.", collection="autumn"),
-        _CampaignPlan("Candle Restock + 15% Off", "email", "Sent", -7.4, ("segment:engaged_90",),
-                      "Your favourite candles are back", "Plus 15% off this weekend.", collection="candles"),
-        _CampaignPlan("Winter Gift Guide", "email", "Draft", None, ("list:newsletter",),
-                      "Thoughtful gifts for home lovers", "Wrapped in recycled paper.", collection="gifts"),
+        _CampaignPlan(
+            "Autumn Nesting Edit",
+            "email",
+            "Sent",
+            -21.3,
+            ("list:newsletter",),
+            "Cosy season starts now",
+            "Throws, candles and more.",
+            collection="autumn",
+        ),
+        _CampaignPlan(
+            "Candle Restock + 15% Off",
+            "email",
+            "Sent",
+            -7.4,
+            ("segment:engaged_90",),
+            "Your favourite candles are back",
+            "Plus 15% off this weekend.",
+            collection="candles",
+        ),
+        _CampaignPlan(
+            "Winter Gift Guide",
+            "email",
+            "Draft",
+            None,
+            ("list:newsletter",),
+            "Thoughtful gifts for home lovers",
+            "Wrapped in recycled paper.",
+            collection="gifts",
+        ),
     ),
 )
 
@@ -563,10 +1087,14 @@ def _identity(slug: str) -> tuple[str, str]:
 def _describe_spec(position: int, spec: _AccountSpec) -> DemoAccount:
     account_id, private_key = _identity(spec.slug)
     return DemoAccount(
-        slug=spec.slug, name=spec.name, account_id=account_id, private_api_key=private_key,
+        slug=spec.slug,
+        name=spec.name,
+        account_id=account_id,
+        private_api_key=private_key,
         # In Klaviyo the public API key (site id) is the 6-character account id itself.
         public_api_key=account_id,
-        profile_count=spec.profiles, sms_enabled=spec.sms_enabled,
+        profile_count=spec.profiles,
+        sms_enabled=spec.sms_enabled,
         in_empty_seed=position < _EMPTY_SEED_ACCOUNTS,
     )
 
@@ -609,10 +1137,14 @@ _METRICS: tuple[tuple[str, str, dict[str, str]], ...] = (
 _EMAIL_CLIENTS: tuple[dict[str, str], ...] = tuple(
     {"Client Name": n, "Client Type": t, "Client OS": o, "Client OS Family": f}
     for n, t, o, f in (
-        ("Apple Mail", "Mobile", "iOS", "iOS"), ("Apple Mail", "Mobile", "iOS", "iOS"),
-        ("Gmail", "Mobile", "Android", "Android"), ("Gmail", "Webmail", "Windows", "Windows"),
-        ("Gmail", "Webmail", "Mac OS X", "Mac OS X"), ("Outlook", "Desktop", "Windows", "Windows"),
-        ("Apple Mail", "Desktop", "Mac OS X", "Mac OS X"), ("Yahoo! Mail", "Webmail", "Windows", "Windows"),
+        ("Apple Mail", "Mobile", "iOS", "iOS"),
+        ("Apple Mail", "Mobile", "iOS", "iOS"),
+        ("Gmail", "Mobile", "Android", "Android"),
+        ("Gmail", "Webmail", "Windows", "Windows"),
+        ("Gmail", "Webmail", "Mac OS X", "Mac OS X"),
+        ("Outlook", "Desktop", "Windows", "Windows"),
+        ("Apple Mail", "Desktop", "Mac OS X", "Mac OS X"),
+        ("Yahoo! Mail", "Webmail", "Windows", "Windows"),
     )
 )
 
@@ -639,6 +1171,11 @@ def seed_store(store: Store, seed: str, *, now: datetime | None = None) -> Store
         now = now.replace(tzinfo=UTC)
     else:
         now = now.astimezone(UTC)
+    specs = _DEMO_ACCOUNTS if seed == "demo" else _DEMO_ACCOUNTS[:_EMPTY_SEED_ACCOUNTS]
+    for spec in specs:  # check before touching the store
+        account_id, _ = _identity(spec.slug)
+        if account_id in store.accounts:
+            raise ValueError(f"the store already holds account {account_id} ({spec.name})")
 
     store.oauth_clients[DEMO_OAUTH_CLIENT_ID] = OAuthClient(
         client_id=DEMO_OAUTH_CLIENT_ID,
@@ -647,16 +1184,13 @@ def seed_store(store: Store, seed: str, *, now: datetime | None = None) -> Store
         redirect_uris=list(DEMO_REDIRECT_URIS),
         scopes=list(KLAVIYO_SCOPES),
     )
-    specs = _DEMO_ACCOUNTS if seed == "demo" else _DEMO_ACCOUNTS[:_EMPTY_SEED_ACCOUNTS]
-    # The demo allocates about a million long-lived containers and nothing cyclic to collect:
-    # cyclic GC passes over them would take longer than the build itself.
+    # The demo allocates hundreds of thousands of long-lived containers and nothing cyclic to
+    # collect: cyclic GC passes over them would take about as long as the build itself.
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
         for spec in specs:
             account = _new_account(spec, now)
-            if account.id in store.accounts:
-                raise ValueError(f"the store already holds account {account.id} ({account.name})")
             if seed == "demo":
                 _DemoBuilder(account, spec, now).build()
             store.accounts[account.id] = account
@@ -806,14 +1340,16 @@ class _DemoBuilder:
         if not (self.window_start <= at < self.now):
             return False
         rng = self.rng
-        self.events.append(Event(
-            id=ids.event_id(rng),
-            metric_id=self.metric_ids[metric],
-            profile_id=member.profile.id,
-            datetime=at,
-            uuid=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-            event_properties=props,
-        ))
+        self.events.append(
+            Event(
+                id=ids.event_id(rng),
+                metric_id=self.metric_ids[metric],
+                profile_id=member.profile.id,
+                datetime=at,
+                uuid=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                event_properties=props,
+            )
+        )
         if member.last_event is None or at > member.last_event:
             member.last_event = at
         if metric == "viewed_product" and (member.last_view is None or at > member.last_view):
@@ -846,8 +1382,9 @@ class _DemoBuilder:
             if key == "received_sms" and not self.spec.sms_enabled:
                 continue
             created = account.created + _seconds(self.rng.uniform(3_600, 20 * 86_400))
-            metric = Metric(id=self._short(), name=name, created=created, updated=created,
-                            integration=dict(integration))
+            metric = Metric(
+                id=self._short(), name=name, created=created, updated=created, integration=dict(integration)
+            )
             account.metrics[metric.id] = metric
             self.metric_ids[key] = metric.id
 
@@ -887,15 +1424,26 @@ class _DemoBuilder:
                 last_name=person.last_name,
                 locale=person.locale,
                 location={
-                    "city": person.city, "country": person.country, "region": person.region,
-                    "zip": person.zip, "timezone": person.timezone,
+                    "city": person.city,
+                    "country": person.country,
+                    "region": person.region,
+                    "zip": person.zip,
+                    "timezone": person.timezone,
                 },
             )
             member = _Member(
-                profile=profile, person=person, email_domain=person.email.rsplit("@", 1)[1],
-                engagement=engagement, disengaged=disengaged, last_engaged_days=last_engaged_days,
-                prior_orders=prior_orders, last_order_days=last_order_days, aov=aov,
-                email_from=None, email_until=None, sms_subscribed_at=None,
+                profile=profile,
+                person=person,
+                email_domain=person.email.rsplit("@", 1)[1],
+                engagement=engagement,
+                disengaged=disengaged,
+                last_engaged_days=last_engaged_days,
+                prior_orders=prior_orders,
+                last_order_days=last_order_days,
+                aov=aov,
+                email_from=None,
+                email_until=None,
+                sms_subscribed_at=None,
             )
             self._email_consent(member)
             if person.phone_number and person.country_code in sms_countries:
@@ -967,7 +1515,9 @@ class _DemoBuilder:
         consent.last_updated = at
         if reason == "UNSUBSCRIBE":
             consent.method, consent.method_detail, consent.custom_method_detail = (
-                "PREFERENCE_PAGE", "Unsubscribe link", None,
+                "PREFERENCE_PAGE",
+                "Unsubscribe link",
+                None,
             )
         self._suppress(member, at, reason)
 
@@ -987,13 +1537,19 @@ class _DemoBuilder:
         method = rng.choice(("FORM", "FORM", "CHECKOUT"))
         detail = rng.choice(_FORM_NAMES) if method == "FORM" else "Shopify checkout"
         profile.sms_marketing = ChannelConsent(
-            consent="SUBSCRIBED", consent_timestamp=subscribed_at, last_updated=subscribed_at,
-            method=method, method_detail=detail,
+            consent="SUBSCRIBED",
+            consent_timestamp=subscribed_at,
+            last_updated=subscribed_at,
+            method=method,
+            method_detail=detail,
         )
         if rng.random() < 0.6:
             profile.sms_transactional = ChannelConsent(
-                consent="SUBSCRIBED", consent_timestamp=subscribed_at, last_updated=subscribed_at,
-                method=method, method_detail=detail,
+                consent="SUBSCRIBED",
+                consent_timestamp=subscribed_at,
+                last_updated=subscribed_at,
+                method=method,
+                method_detail=detail,
             )
         if draw < 0.05:
             # Texted STOP later on.
@@ -1008,8 +1564,13 @@ class _DemoBuilder:
 
     def _new_list(self, key: str, name: str, opt_in: str) -> KList:
         created = self.account.created + _seconds(self.rng.uniform(86_400, 30 * 86_400))
-        group = KList(id=self._short(), name=name, created=created,
-                      updated=self._between(self.now - timedelta(days=20), self.now), opt_in_process=opt_in)
+        group = KList(
+            id=self._short(),
+            name=name,
+            created=created,
+            updated=self._between(self.now - timedelta(days=20), self.now),
+            opt_in_process=opt_in,
+        )
         self.account.lists[group.id] = group
         self.list_ids[key] = group.id
         return group
@@ -1052,9 +1613,12 @@ class _DemoBuilder:
     def _new_segment(self, key: str, definition: dict[str, Any], starred: bool = False) -> Segment:
         created = self.account.created + _seconds(self.rng.uniform(5 * 86_400, 200 * 86_400))
         segment = Segment(
-            id=self._short(), name=_SEGMENT_NAMES[key], created=created,
+            id=self._short(),
+            name=_SEGMENT_NAMES[key],
+            created=created,
             updated=self._between(self.now - timedelta(days=30), self.now - timedelta(hours=2)),
-            definition=definition, is_starred=starred,
+            definition=definition,
+            is_starred=starred,
         )
         self.account.segments[segment.id] = segment
         self.segment_ids[key] = segment.id
@@ -1069,49 +1633,101 @@ class _DemoBuilder:
         """Segments known before the simulation (campaigns target some of them)."""
         now = self.now
         metric = self.metric_ids
-        engaged_90 = self._new_segment("engaged_90", _definition(
-            [[_metric_condition(metric["opened_email"], ">", 0, days=90),
-              _metric_condition(metric["clicked_email"], ">", 0, days=90),
-              _metric_condition(metric["placed_order"], ">", 0, days=90)]],
-        ), starred=True)
+        engaged_90 = self._new_segment(
+            "engaged_90",
+            _definition(
+                [
+                    [
+                        _metric_condition(metric["opened_email"], ">", 0, days=90),
+                        _metric_condition(metric["clicked_email"], ">", 0, days=90),
+                        _metric_condition(metric["placed_order"], ">", 0, days=90),
+                    ]
+                ],
+            ),
+            starred=True,
+        )
         for m in self.members:
             if not m.disengaged:
                 engaged_at = now - timedelta(days=m.last_engaged_days)
                 engaged_at = max(m.profile.created, min(engaged_at, now - timedelta(hours=1)))
                 engaged_90.add_member(m.profile.id, engaged_at)
 
-        vip = self._new_segment("vip", _definition(
-            [[_property_condition("vip", {"type": "boolean", "operator": "equals", "value": True})]]
-        ), starred=True)
+        vip = self._new_segment(
+            "vip",
+            _definition(
+                [[_property_condition("vip", {"type": "boolean", "operator": "equals", "value": True})]]
+            ),
+            starred=True,
+        )
         for m in self.members:
             if m.profile.properties["vip"]:
                 vip.add_member(m.profile.id, self._recent_join(m))
 
         high_aov_threshold = round(self.spec.typical_order * 1.6)
-        high_aov = self._new_segment("high_aov", _definition(
-            [[_property_condition("average_order_value",
-                                  {"type": "numeric", "operator": "greater-than-or-equal",
-                                   "value": high_aov_threshold})]]
-        ))
+        high_aov = self._new_segment(
+            "high_aov",
+            _definition(
+                [
+                    [
+                        _property_condition(
+                            "average_order_value",
+                            {
+                                "type": "numeric",
+                                "operator": "greater-than-or-equal",
+                                "value": high_aov_threshold,
+                            },
+                        )
+                    ]
+                ]
+            ),
+        )
         for m in self.members:
             if m.aov is not None and m.aov >= high_aov_threshold:
                 high_aov.add_member(m.profile.id, self._recent_join(m))
 
         if self.spec.sms_enabled:
-            sms = self._new_segment("sms_subscribers", _definition([[{
-                "type": "profile-marketing-consent",
-                "consent": {"channel": "sms", "can_receive_marketing": True,
-                            "consent_status": {"subscription": "subscribed", "filters": None}},
-            }]]))
+            sms = self._new_segment(
+                "sms_subscribers",
+                _definition(
+                    [
+                        [
+                            {
+                                "type": "profile-marketing-consent",
+                                "consent": {
+                                    "channel": "sms",
+                                    "can_receive_marketing": True,
+                                    "consent_status": {"subscription": "subscribed", "filters": None},
+                                },
+                            }
+                        ]
+                    ]
+                ),
+            )
             for m in self.members:
                 if m.sms_subscribed_at is not None:
                     sms.add_member(m.profile.id, m.sms_subscribed_at)
 
         newsletter = self.account.lists[self.list_ids["newsletter"]]
-        new_subs = self._new_segment("new_subscribers_30", _definition([[{
-            "type": "profile-group-membership", "is_member": True, "group_ids": [newsletter.id],
-            "timeframe_filter": {"type": "date", "operator": "in-the-last", "unit": "day", "quantity": 30},
-        }]]))
+        new_subs = self._new_segment(
+            "new_subscribers_30",
+            _definition(
+                [
+                    [
+                        {
+                            "type": "profile-group-membership",
+                            "is_member": True,
+                            "group_ids": [newsletter.id],
+                            "timeframe_filter": {
+                                "type": "date",
+                                "operator": "in-the-last",
+                                "unit": "day",
+                                "quantity": 30,
+                            },
+                        }
+                    ]
+                ]
+            ),
+        )
         for pid, joined in newsletter.members.items():
             if now - joined <= timedelta(days=30):
                 new_subs.add_member(pid, joined)
@@ -1119,25 +1735,38 @@ class _DemoBuilder:
     def _event_segments(self) -> None:
         """Segments that follow from the simulated events (and the lifetime figures they update)."""
         now, metric = self.now, self.metric_ids
-        engaged_30 = self._new_segment("engaged_30", _definition(
-            [[_metric_condition(metric["opened_email"], ">", 0, days=30),
-              _metric_condition(metric["clicked_email"], ">", 0, days=30),
-              _metric_condition(metric["viewed_product"], ">", 0, days=30),
-              _metric_condition(metric["placed_order"], ">", 0, days=30)]],
-        ), starred=True)
+        engaged_30 = self._new_segment(
+            "engaged_30",
+            _definition(
+                [
+                    [
+                        _metric_condition(metric["opened_email"], ">", 0, days=30),
+                        _metric_condition(metric["clicked_email"], ">", 0, days=30),
+                        _metric_condition(metric["viewed_product"], ">", 0, days=30),
+                        _metric_condition(metric["placed_order"], ">", 0, days=30),
+                    ]
+                ],
+            ),
+            starred=True,
+        )
         engaged_90 = self.account.segments[self.segment_ids["engaged_90"]]
         for m in self.members:
             if m.first_activity is not None:
                 engaged_30.add_member(m.profile.id, m.first_activity)
                 engaged_90.add_member(m.profile.id, m.first_activity)  # no-op for existing members
 
-        repeat = self._new_segment("repeat_buyers", _definition(
-            [[_metric_condition(metric["placed_order"], ">=", 2, days=None)]]
-        ))
-        lapsed = self._new_segment("lapsed_180", _definition(
-            [[_metric_condition(metric["placed_order"], ">", 0, days=None)],
-             [_metric_condition(metric["placed_order"], "=", 0, days=180)]]
-        ))
+        repeat = self._new_segment(
+            "repeat_buyers", _definition([[_metric_condition(metric["placed_order"], ">=", 2, days=None)]])
+        )
+        lapsed = self._new_segment(
+            "lapsed_180",
+            _definition(
+                [
+                    [_metric_condition(metric["placed_order"], ">", 0, days=None)],
+                    [_metric_condition(metric["placed_order"], "=", 0, days=180)],
+                ]
+            ),
+        )
         for m in self.members:
             if m.prior_orders + m.window_orders >= 2:
                 # Joined with the second order when that happened inside the window.
@@ -1147,37 +1776,54 @@ class _DemoBuilder:
                 lapsed_at = now - timedelta(days=m.last_order_days - 180)
                 lapsed.add_member(m.profile.id, lapsed_at)
 
-        no_purchase = self._new_segment("clicked_no_purchase", _definition(
-            [[_metric_condition(metric["clicked_email"], ">", 0, days=30)],
-             [_metric_condition(metric["placed_order"], "=", 0, days=30)]]
-        ))
+        no_purchase = self._new_segment(
+            "clicked_no_purchase",
+            _definition(
+                [
+                    [_metric_condition(metric["clicked_email"], ">", 0, days=30)],
+                    [_metric_condition(metric["placed_order"], "=", 0, days=30)],
+                ]
+            ),
+        )
         for m in self.members:
             if m.first_click is not None and not m.window_orders:
                 no_purchase.add_member(m.profile.id, m.first_click)
 
-        abandoned = self._new_segment("abandoned_cart_7", _definition(
-            [[_metric_condition(metric["started_checkout"], ">", 0, days=7)],
-             [_metric_condition(metric["placed_order"], "=", 0, days=7)]]
-        ))
+        abandoned = self._new_segment(
+            "abandoned_cart_7",
+            _definition(
+                [
+                    [_metric_condition(metric["started_checkout"], ">", 0, days=7)],
+                    [_metric_condition(metric["placed_order"], "=", 0, days=7)],
+                ]
+            ),
+        )
         week_ago = now - timedelta(days=7)
         for member, at in self.checkouts:
             if at >= week_ago and (member.last_order is None or member.last_order < week_ago):
                 abandoned.add_member(member.profile.id, at)
 
-        browsed = self._new_segment("browse_abandonment_14", _definition(
-            [[_metric_condition(metric["viewed_product"], ">", 0, days=14)],
-             [_metric_condition(metric["started_checkout"], "=", 0, days=14)]]
-        ))
+        browsed = self._new_segment(
+            "browse_abandonment_14",
+            _definition(
+                [
+                    [_metric_condition(metric["viewed_product"], ">", 0, days=14)],
+                    [_metric_condition(metric["started_checkout"], "=", 0, days=14)],
+                ]
+            ),
+        )
         two_weeks_ago = now - timedelta(days=14)
         for m in self.members:
-            if m.last_view is not None and m.last_view >= two_weeks_ago and (
-                m.last_checkout is None or m.last_checkout < two_weeks_ago
+            if (
+                m.last_view is not None
+                and m.last_view >= two_weeks_ago
+                and (m.last_checkout is None or m.last_checkout < two_weeks_ago)
             ):
                 browsed.add_member(m.profile.id, m.last_view)
 
-        never = self._new_segment("never_purchased", _definition(
-            [[_metric_condition(metric["placed_order"], "=", 0, days=None)]]
-        ))
+        never = self._new_segment(
+            "never_purchased", _definition([[_metric_condition(metric["placed_order"], "=", 0, days=None)]])
+        )
         for m in self.members:
             if not m.prior_orders and not m.window_orders:
                 never.add_member(m.profile.id, m.profile.created)
@@ -1188,91 +1834,213 @@ class _DemoBuilder:
         brand, spec = self.spec.name, self.spec
         first = spec.products[0]
         plans: list[tuple[str, str, str, str, bool, list[tuple[Any, ...]]]] = [
-            ("welcome", "Welcome Series", "Added to List", "live", False, [
-                ("email", "Welcome Series Email #1", f"Welcome to {brand}!",
-                 "Here's 10% off your first order."),
-                ("delay", "days", 2),
-                ("email", "Welcome Series Email #2", f"The story behind {brand}",
-                 "Why we make what we make."),
-                ("delay", "days", 3),
-                ("email", "Welcome Series Email #3", "Your 10% off expires soon", "Use it before it's gone."),
-            ]),
-            ("abandoned_cart", "Abandoned Cart", "Metric", "live", False, [
-                ("delay", "hours", 4),
-                ("email", "Abandoned Cart Email #1", "You left something behind",
-                 "Your cart is saved and waiting for you."),
-                ("delay", "days", 1),
-                ("email", "Abandoned Cart Email #2", "Still thinking it over?",
-                 "Free shipping on your saved cart, today only."),
-            ]),
-            ("back_in_stock", "Back in Stock", "Metric", "live", False, [
-                ("email", "Back in Stock Email #1", "It's back! Your item is in stock",
-                 f"Grab it before it sells out again, like the {first.name}."),
-            ]),
-            ("post_purchase", "Post-Purchase Thank You", "Metric", "draft", False, [
-                ("delay", "days", 3),
-                ("email", "Post-Purchase Email #1", "Thanks for your order!", "How is everything so far?"),
-            ]),
-            ("winback", "Customer Winback (2024)", "Metric", "manual", True, [
-                ("email", "Winback Email #1", "We miss you", "Here's 15% off to come back."),
-            ]),
+            (
+                "welcome",
+                "Welcome Series",
+                "Added to List",
+                "live",
+                False,
+                [
+                    (
+                        "email",
+                        "Welcome Series Email #1",
+                        f"Welcome to {brand}!",
+                        "Here's 10% off your first order.",
+                    ),
+                    ("delay", "days", 2),
+                    (
+                        "email",
+                        "Welcome Series Email #2",
+                        f"The story behind {brand}",
+                        "Why we make what we make.",
+                    ),
+                    ("delay", "days", 3),
+                    (
+                        "email",
+                        "Welcome Series Email #3",
+                        "Your 10% off expires soon",
+                        "Use it before it's gone.",
+                    ),
+                ],
+            ),
+            (
+                "abandoned_cart",
+                "Abandoned Cart",
+                "Metric",
+                "live",
+                False,
+                [
+                    ("delay", "hours", 4),
+                    (
+                        "email",
+                        "Abandoned Cart Email #1",
+                        "You left something behind",
+                        "Your cart is saved and waiting for you.",
+                    ),
+                    ("delay", "days", 1),
+                    (
+                        "email",
+                        "Abandoned Cart Email #2",
+                        "Still thinking it over?",
+                        "Free shipping on your saved cart, today only.",
+                    ),
+                ],
+            ),
+            (
+                "back_in_stock",
+                "Back in Stock",
+                "Metric",
+                "live",
+                False,
+                [
+                    (
+                        "email",
+                        "Back in Stock Email #1",
+                        "It's back! Your item is in stock",
+                        f"Grab it before it sells out again, like the {first.name}.",
+                    ),
+                ],
+            ),
+            (
+                "post_purchase",
+                "Post-Purchase Thank You",
+                "Metric",
+                "draft",
+                False,
+                [
+                    ("delay", "days", 3),
+                    (
+                        "email",
+                        "Post-Purchase Email #1",
+                        "Thanks for your order!",
+                        "How is everything so far?",
+                    ),
+                ],
+            ),
+            (
+                "winback",
+                "Customer Winback (2024)",
+                "Metric",
+                "manual",
+                True,
+                [
+                    ("email", "Winback Email #1", "We miss you", "Here's 15% off to come back."),
+                ],
+            ),
         ]
         for key, name, trigger_type, status, archived, steps in plans:
             self._flow(key, name, trigger_type, status, archived, steps)
 
-    def _flow(self, key: str, name: str, trigger_type: str, status: str, archived: bool,
-              steps: list[tuple[Any, ...]]) -> None:
+    def _flow(
+        self,
+        key: str,
+        name: str,
+        trigger_type: str,
+        status: str,
+        archived: bool,
+        steps: list[tuple[Any, ...]],
+    ) -> None:
         rng, account, spec = self.rng, self.account, self.spec
         created = account.created + _seconds(rng.uniform(10 * 86_400, 300 * 86_400))
         updated = self._between(max(created, self.now - timedelta(days=60)), self.now - timedelta(days=29))
-        flow = Flow(id=self._short(), name=name, status=status, archived=archived, created=created,
-                    updated=updated, trigger_type=trigger_type)
+        flow = Flow(
+            id=self._short(),
+            name=name,
+            status=status,
+            archived=archived,
+            created=created,
+            updated=updated,
+            trigger_type=trigger_type,
+        )
         action_status = status  # actions follow the flow (live, draft or manual)
         actions: list[FlowAction] = []
         sends: list[_Send] = []
         for step in steps:
-            action = FlowAction(id=self._numeric(), flow_id=flow.id, action_type="", status=action_status,
-                                created=created, updated=updated)
+            action = FlowAction(
+                id=self._numeric(),
+                flow_id=flow.id,
+                action_type="",
+                status=action_status,
+                created=created,
+                updated=updated,
+            )
             if step[0] == "delay":
                 _, unit, value = step
                 action.action_type = "TIME_DELAY"
                 action.definition = {
-                    "id": action.id, "type": "time-delay",
-                    "data": {"unit": unit, "value": value, "secondary_value": None, "timezone": "profile",
-                             "delay_until_time": None, "delay_until_weekdays": None},
+                    "id": action.id,
+                    "type": "time-delay",
+                    "data": {
+                        "unit": unit,
+                        "value": value,
+                        "secondary_value": None,
+                        "timezone": "profile",
+                        "delay_until_time": None,
+                        "delay_until_weekdays": None,
+                    },
                 }
             else:
                 _, message_name, subject, preview = step
                 message = FlowMessage(
-                    id=self._short(), action_id=action.id, name=message_name, channel="email",
-                    created=created, updated=updated,
-                    definition={"channel": "email", "content": {
-                        "subject": subject, "preview_text": preview,
-                        "from_email": spec.sender_email, "from_label": spec.name,
-                    }},
+                    id=self._short(),
+                    action_id=action.id,
+                    name=message_name,
+                    channel="email",
+                    created=created,
+                    updated=updated,
+                    definition={
+                        "channel": "email",
+                        "content": {
+                            "subject": subject,
+                            "preview_text": preview,
+                            "from_email": spec.sender_email,
+                            "from_label": spec.name,
+                        },
+                    },
                 )
                 account.flow_messages[message.id] = message
                 action.message_ids.append(message.id)
                 action.action_type = "SEND_EMAIL"
                 action.definition = {
-                    "id": action.id, "type": "send-email",
-                    "data": {"message": {
-                        "from_email": spec.sender_email, "from_label": spec.name, "reply_to_email": None,
-                        "cc_email": None, "bcc_email": None, "subject_line": subject, "preview_text": preview,
-                        "template_id": self._short(), "smart_sending_enabled": True, "transactional": False,
-                        "add_tracking_params": True, "custom_tracking_params": None,
-                        "additional_filters": None,
-                        "name": message_name, "id": message.id,
-                    }, "status": action_status},
+                    "id": action.id,
+                    "type": "send-email",
+                    "data": {
+                        "message": {
+                            "from_email": spec.sender_email,
+                            "from_label": spec.name,
+                            "reply_to_email": None,
+                            "cc_email": None,
+                            "bcc_email": None,
+                            "subject_line": subject,
+                            "preview_text": preview,
+                            "template_id": self._short(),
+                            "smart_sending_enabled": True,
+                            "transactional": False,
+                            "add_tracking_params": True,
+                            "custom_tracking_params": None,
+                            "additional_filters": None,
+                            "name": message_name,
+                            "id": message.id,
+                        },
+                        "status": action_status,
+                    },
                 }
                 slug = _slug(name)
-                sends.append(_Send(
-                    message=message.id, flow=flow.id, name=message_name, subject=subject, cohort="",
-                    urls=(f"{spec.website_url}/cart?utm_source=klaviyo&utm_medium=email&utm_campaign={slug}",
-                          f"{spec.website_url}/collections/all?utm_source=klaviyo&utm_medium=email"
-                          f"&utm_campaign={slug}",
-                          f"{spec.website_url}/?utm_source=klaviyo&utm_medium=email&utm_campaign={slug}"),
-                ))
+                sends.append(
+                    _Send(
+                        message=message.id,
+                        flow=flow.id,
+                        name=message_name,
+                        subject=subject,
+                        cohort="",
+                        urls=(
+                            f"{spec.website_url}/cart?utm_source=klaviyo&utm_medium=email&utm_campaign={slug}",
+                            f"{spec.website_url}/collections/all?utm_source=klaviyo&utm_medium=email"
+                            f"&utm_campaign={slug}",
+                            f"{spec.website_url}/?utm_source=klaviyo&utm_medium=email&utm_campaign={slug}",
+                        ),
+                    )
+                )
             actions.append(action)
         for action, following in zip(actions, [*actions[1:], None], strict=True):
             action.definition["links"] = {"next": following.id if following else None}
@@ -1306,22 +2074,38 @@ class _DemoBuilder:
             included = [self._audience(key) for key in plan.audiences]
             excluded = [self._audience(key) for key in plan.excluded]
             campaign = Campaign(
-                id=self._ulid(created), name=plan.name, status=plan.status, archived=False,
-                channel=plan.channel, created_at=created, updated_at=updated, scheduled_at=scheduled_at,
-                send_time=send_time, included_audiences=[a for a in included if a],
+                id=self._ulid(created),
+                name=plan.name,
+                status=plan.status,
+                archived=False,
+                channel=plan.channel,
+                created_at=created,
+                updated_at=updated,
+                scheduled_at=scheduled_at,
+                send_time=send_time,
+                included_audiences=[a for a in included if a],
                 excluded_audiences=[a for a in excluded if a],
             )
             if plan.channel == "email":
                 content: dict[str, Any] = {
-                    "subject": plan.subject, "preview_text": plan.preview_text,
-                    "from_email": spec.sender_email, "from_label": spec.name,
-                    "reply_to_email": spec.sender_email, "cc_email": None, "bcc_email": None,
+                    "subject": plan.subject,
+                    "preview_text": plan.preview_text,
+                    "from_email": spec.sender_email,
+                    "from_label": spec.name,
+                    "reply_to_email": spec.sender_email,
+                    "cc_email": None,
+                    "bcc_email": None,
                 }
             else:
                 content = {"body": plan.sms_body, "media_url": None}
             message = CampaignMessage(
-                id=self._ulid(created), campaign_id=campaign.id, channel=plan.channel, label=plan.name,
-                created_at=created, updated_at=updated, content=content,
+                id=self._ulid(created),
+                campaign_id=campaign.id,
+                channel=plan.channel,
+                label=plan.name,
+                created_at=created,
+                updated_at=updated,
+                content=content,
             )
             campaign.message_ids.append(message.id)
             account.campaigns[campaign.id] = campaign
@@ -1393,28 +2177,41 @@ class _DemoBuilder:
     def _product_props(self, product: _Product) -> dict[str, Any]:
         url = f"{self.spec.website_url}/products/{product.handle}"
         return {
-            "ProductName": product.name, "ProductID": product.product_id, "SKU": product.sku,
-            "Categories": [product.category], "URL": url, "ImageURL": _image_url(product),
-            "Price": product.price, "$value": product.price,
+            "ProductName": product.name,
+            "ProductID": product.product_id,
+            "SKU": product.sku,
+            "Categories": [product.category],
+            "URL": url,
+            "ImageURL": _image_url(product),
+            "Price": product.price,
+            "$value": product.price,
         }
 
     def _item(self, product: _Product, quantity: int) -> dict[str, Any]:
         return {
-            "ProductID": product.product_id, "SKU": product.sku, "ProductName": product.name,
-            "Quantity": quantity, "ItemPrice": product.price, "RowTotal": round(product.price * quantity, 2),
+            "ProductID": product.product_id,
+            "SKU": product.sku,
+            "ProductName": product.name,
+            "Quantity": quantity,
+            "ItemPrice": product.price,
+            "RowTotal": round(product.price * quantity, 2),
             "ProductURL": f"{self.spec.website_url}/products/{product.handle}",
-            "ImageURL": _image_url(product), "Categories": [product.category],
+            "ImageURL": _image_url(product),
+            "Categories": [product.category],
         }
 
     def _order(self, cart: _Cart, at: datetime) -> bool:
         props = {
             # "$event_id"/"OrderId" are filled in time order by _finish(), like Shopify order numbers.
-            "$event_id": "", "$value": cart.value, "OrderId": "",
+            "$event_id": "",
+            "$value": cart.value,
+            "OrderId": "",
             "Items": [self._item(p, q) for p, q in cart.items],
             "ItemNames": [p.name for p, _ in cart.items],
             "Item Count": sum(q for _, q in cart.items),
             "Categories": sorted({p.category for p, _ in cart.items}),
-            "Discount Codes": [], "Source Name": "web",
+            "Discount Codes": [],
+            "Source Name": "web",
         }
         if not self._event("placed_order", cart.member, at, props):
             return False
@@ -1434,11 +2231,15 @@ class _DemoBuilder:
         base: dict[str, Any] = {}
         if send.flow is not None:
             base["$flow"] = send.flow
-        base.update({
-            "$message": send.message, "Campaign Name": send.name, "Subject": send.subject,
-            "$message_send_cohort": send.cohort or f"{send.message}:{at.date().isoformat()}",
-            "Email Domain": m.email_domain,
-        })
+        base.update(
+            {
+                "$message": send.message,
+                "Campaign Name": send.name,
+                "Subject": send.subject,
+                "$message_send_cohort": send.cohort or f"{send.message}:{at.date().isoformat()}",
+                "Email Domain": m.email_domain,
+            }
+        )
         delivered = at + _seconds(rng.uniform(4, 900))
         if send.churn and rng.random() < 0.003:
             if self._event("bounced_email", m, delivered, {**base, "Bounce Type": "hard"}):
@@ -1486,8 +2287,12 @@ class _DemoBuilder:
                     recipients[pid] = None
         cohort = f"{campaign.id}:{int(send_time.timestamp())}"
         if plan.channel == "sms":
-            props = {"$message": campaign.id, "Campaign Name": campaign.name, "Message Body": plan.sms_body,
-                     "$message_send_cohort": cohort}
+            props = {
+                "$message": campaign.id,
+                "Campaign Name": campaign.name,
+                "Message Body": plan.sms_body,
+                "$message_send_cohort": cohort,
+            }
             for pid in recipients:
                 m = self.by_id[pid]
                 if m.sms_subscribed_at is not None and m.sms_subscribed_at <= send_time:
@@ -1497,10 +2302,17 @@ class _DemoBuilder:
         base_url = self.spec.website_url
         utm = f"utm_source=klaviyo&utm_medium=campaign&utm_campaign={slug}"
         send = _Send(
-            message=campaign.id, flow=None, name=campaign.name, subject=plan.subject, cohort=cohort,
+            message=campaign.id,
+            flow=None,
+            name=campaign.name,
+            subject=plan.subject,
+            cohort=cohort,
             churn=True,
-            urls=(f"{base_url}/collections/{plan.collection}?{utm}", f"{base_url}/?{utm}",
-                  f"{base_url}/products/{rng.choice(self.spec.products).handle}?{utm}"),
+            urls=(
+                f"{base_url}/collections/{plan.collection}?{utm}",
+                f"{base_url}/?{utm}",
+                f"{base_url}/products/{rng.choice(self.spec.products).handle}?{utm}",
+            ),
         )
         personalised = "{first_name}" in plan.subject
         for pid in recipients:
@@ -1544,9 +2356,18 @@ class _DemoBuilder:
                 continue
             product = rng.choice(spec.products)
             asked = self._between(max(earliest, m.profile.created), self.now)
-            self._event("subscribed_to_back_in_stock", m, asked,
-                        {"ProductName": product.name, "ProductID": product.product_id, "SKU": product.sku,
-                         "Channel": "email", "URL": f"{spec.website_url}/products/{product.handle}"})
+            self._event(
+                "subscribed_to_back_in_stock",
+                m,
+                asked,
+                {
+                    "ProductName": product.name,
+                    "ProductID": product.product_id,
+                    "SKU": product.sku,
+                    "Channel": "email",
+                    "URL": f"{spec.website_url}/products/{product.handle}",
+                },
+            )
             restocked = asked + _seconds(rng.uniform(86_400, 14 * 86_400))
             clicked = self._send_email(m, restocked, send)
             if clicked is not None and rng.random() < 0.3:
@@ -1597,7 +2418,9 @@ class _DemoBuilder:
                 assert m.last_order is not None
                 profile.properties["last_order_date"] = m.last_order.date().isoformat()
             changes = [
-                profile.updated, profile.email_marketing.last_updated, profile.sms_marketing.last_updated,
+                profile.updated,
+                profile.email_marketing.last_updated,
+                profile.sms_marketing.last_updated,
             ]
             profile.updated = min(max(c for c in changes if c is not None), self.now)
 
@@ -1638,13 +2461,17 @@ _OPERATORS = {">": "greater-than", ">=": "greater-than-or-equal", "=": "equals"}
 def _metric_condition(metric_id: str, op: str, value: int, *, days: int | None) -> dict[str, Any]:
     """A ``profile-metric`` condition as in Klaviyo's segment definitions."""
     timeframe: dict[str, Any] = (
-        {"type": "date", "operator": "alltime"} if days is None
+        {"type": "date", "operator": "alltime"}
+        if days is None
         else {"type": "date", "operator": "in-the-last", "unit": "day", "quantity": days}
     )
     return {
-        "type": "profile-metric", "metric_id": metric_id, "measurement": "count",
+        "type": "profile-metric",
+        "metric_id": metric_id,
+        "measurement": "count",
         "measurement_filter": {"type": "numeric", "operator": _OPERATORS[op], "value": value},
-        "timeframe_filter": timeframe, "metric_filters": None,
+        "timeframe_filter": timeframe,
+        "metric_filters": None,
     }
 
 

@@ -32,13 +32,11 @@ def create_sandbox(
     """A sandbox with its store seeded (or loaded from ``state`` when that file exists)."""
     from klaviyo_sandbox.seed import seed_store
 
-    if state is not None and state.exists():
-        store = Store.load(state)
-    else:
-        store = seed_store(Store(), seed)
+    store = Store.load(state) if state is not None and state.exists() else seed_store(Store(), seed)
     store.access_token_ttl_seconds = access_token_ttl_seconds
-    sandbox = SandboxApp(store=store, limiter=parse_mode(rate_limits), faults=Faults(error_rate=fault_rate),
-                         state_path=state)
+    sandbox = SandboxApp(
+        store=store, limiter=parse_mode(rate_limits), faults=Faults(error_rate=fault_rate), state_path=state
+    )
     build_app(sandbox)
     sandbox.save_state()
     sandbox.flush_state()
@@ -63,10 +61,13 @@ def running_sandbox(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     actual_port = sock.getsockname()[1]
-    config = uvicorn.Config(sandbox.asgi, log_level=log_level, access_log=False, lifespan="on",
-                            timeout_keep_alive=30)
+    config = uvicorn.Config(
+        sandbox.asgi, log_level=log_level, access_log=False, lifespan="on", timeout_keep_alive=30
+    )
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="klaviyo-sandbox")
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="klaviyo-sandbox"
+    )
     thread.start()
     deadline = time.monotonic() + 15
     while not server.started:

@@ -27,7 +27,7 @@ from starlette.routing import Route
 
 from klaviyo_sandbox.control import ControlError, _account, _endpoint, _json, _sandbox, resolve_profile
 from klaviyo_sandbox.store import Account, Campaign, Event, Flow, FlowMessage, Metric, Profile, utcnow
-from klaviyo_sandbox.webhooks_out import delivery_to_dict
+from klaviyo_sandbox.webhooks_out import delivery_to_dict, is_klaviyo_metric
 
 RECEIVED, OPENED, CLICKED = "Received Email", "Opened Email", "Clicked Email"
 #: Used only when an account has no Klaviyo-integration metric to copy the integration from.
@@ -120,12 +120,12 @@ def _profiles(account: Account, refs: Any) -> list[Profile]:
 
 def _klaviyo_metric(request: Request, account: Account, name: str) -> Metric:
     """The account's Klaviyo metric of this name, created like Klaviyo's own when missing."""
-    metric = account.metric_by_name(name)
+    # Only Klaviyo's own: an API metric that happens to share the name has another webhook topic.
+    metric = next((m for m in account.metrics.values() if m.name == name and is_klaviyo_metric(m)), None)
     if metric is not None:
         return metric
     template = next(
-        (m.integration for m in account.metrics.values() if (m.integration or {}).get("key") == "klaviyo"),
-        KLAVIYO_INTEGRATION,
+        (m.integration for m in account.metrics.values() if is_klaviyo_metric(m)), KLAVIYO_INTEGRATION
     )
     store = _sandbox(request).store
     metric_id = store.new_id("short")

@@ -232,7 +232,9 @@ def _merge_all_of(parts: list[dict[str, Any]]) -> dict[str, Any]:
                         if "properties" in left or "properties" in right:
                             props[name] = _merge_all_of([left, right])
                             continue
-                    props[name] = schema if name not in props else {**_resolve(props[name]), **_resolve(schema)}
+                    props[name] = (
+                        schema if name not in props else {**_resolve(props[name]), **_resolve(schema)}
+                    )
                 merged["properties"] = props
             elif key == "required":
                 merged["required"] = sorted(set(merged.get("required", [])) | set(value))
@@ -241,22 +243,29 @@ def _merge_all_of(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def _to_json_schema(node: Any, closed: bool) -> Any:
-    """OpenAPI 3.0 schema → JSON Schema (``nullable``, optional closure of objects)."""
+def _to_json_schema(node: Any, closed: bool, sparse: bool = False) -> Any:
+    """OpenAPI 3.0 schema → JSON Schema (``nullable``, optional closure of objects).
+
+    ``sparse`` is for answers to ``fields[…]`` requests: members the spec marks required may then
+    be absent, as Klaviyo omits everything that was not asked for (types and closure still hold).
+    """
     if isinstance(node, list):
-        return [_to_json_schema(item, closed) for item in node]
+        return [_to_json_schema(item, closed, sparse) for item in node]
     if not isinstance(node, dict):
         return node
     if "allOf" in node:
         rest = {key: value for key, value in node.items() if key != "allOf"}
         node = {**_merge_all_of(node["allOf"]), **rest}
-    # ``oneOf`` becomes ``anyOf``: the spec's alternatives overlap (e.g. number | integer, or
-    # resources differing only in optional members), so "exactly one" rejects valid bodies.
-    out = {
-        ("anyOf" if key == "oneOf" else key): _to_json_schema(value, closed)
-        for key, value in node.items()
-        if key != "nullable"
-    }
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "nullable" or (sparse and key == "required"):
+            continue
+        if key == "properties" and isinstance(value, dict):
+            out[key] = {name: _to_json_schema(schema, closed, sparse) for name, schema in value.items()}
+        else:
+            # ``oneOf`` becomes ``anyOf``: the spec's alternatives overlap (e.g. number | integer,
+            # or resources differing only in optional members), so "exactly one" rejects valid bodies.
+            out["anyOf" if key == "oneOf" else key] = _to_json_schema(value, closed, sparse)
     if node.get("nullable"):
         if "type" in out:
             out["type"] = [out["type"], "null"]
@@ -264,11 +273,7 @@ def _to_json_schema(node: Any, closed: bool) -> Any:
             out["enum"] = [*out["enum"], None]
         if "$ref" in out or "anyOf" in out or "allOf" in out:
             out = {"anyOf": [out, {"type": "null"}]}
-    if (
-        closed
-        and isinstance(node.get("properties"), dict)
-        and "additionalProperties" not in node
-    ):
+    if closed and isinstance(node.get("properties"), dict) and "additionalProperties" not in node:
         out["additionalProperties"] = False
     return out
 
@@ -295,25 +300,29 @@ def _schemas_with_errata() -> dict[str, Any]:
 
 
 @cache
-def _registry(closed: bool) -> referencing.Registry:
-    converted = {"components": {"schemas": _to_json_schema(_schemas_with_errata(), closed)}}
-    resource = referencing.Resource.from_contents(converted, default_specification=referencing.jsonschema.DRAFT7)
+def _registry(closed: bool, sparse: bool = False) -> referencing.Registry:
+    converted = {"components": {"schemas": _to_json_schema(_schemas_with_errata(), closed, sparse)}}
+    resource = referencing.Resource.from_contents(
+        converted, default_specification=referencing.jsonschema.DRAFT7
+    )
     return referencing.Registry().with_resource("urn:klaviyo-spec", resource)
 
 
 @cache
-def validator(ref: str, closed: bool = True) -> jsonschema.Draft7Validator:
+def validator(ref: str, closed: bool = True, sparse: bool = False) -> jsonschema.Draft7Validator:
     """A validator for the schema at ``ref`` (e.g. ``#/components/schemas/ProfileCreateQuery``)."""
-    return jsonschema.Draft7Validator({"$ref": f"urn:klaviyo-spec{ref}"}, registry=_registry(closed))
+    return jsonschema.Draft7Validator({"$ref": f"urn:klaviyo-spec{ref}"}, registry=_registry(closed, sparse))
 
 
-def response_validator(operation_id: str, status: int, closed: bool = True) -> jsonschema.Draft7Validator:
-    """A validator for the body the spec gives for this operation and status code."""
+def response_validator(
+    operation_id: str, status: int, closed: bool = True, sparse: bool = False
+) -> jsonschema.Draft7Validator:
+    """A validator for the body the spec gives for this operation and status (``sparse``: fields[…] asked)."""
     op = operation_by_id(operation_id)
     ref = op.response_schema_refs.get(str(status)) or op.response_schema_refs.get(f"{str(status)[0]}XX")
     if ref is None:
         raise KeyError(f"{operation_id} has no JSON body for status {status} in the spec")
-    return validator(ref, closed)
+    return validator(ref, closed, sparse)
 
 
 @cache

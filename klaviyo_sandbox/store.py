@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import json
+import functools
 import os
 import random
 import tempfile
@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from klaviyo_sandbox import ids
 
@@ -380,8 +382,11 @@ class Account:
         for index, key in zip((self.by_email, self.by_phone, self.by_external_id), old, strict=True):
             if key is not None and index.get(key) == profile.id:
                 del index[key]
-        new = (profile.email.lower() if profile.email else None, profile.phone_number or None,
-               profile.external_id or None)
+        new = (
+            profile.email.lower() if profile.email else None,
+            profile.phone_number or None,
+            profile.external_id or None,
+        )
         for index, key in zip((self.by_email, self.by_phone, self.by_external_id), new, strict=True):
             if key is not None:
                 index[key] = profile.id
@@ -494,25 +499,25 @@ class Store:
     def save(self, path: Path) -> None:
         """Write the whole state as JSON, atomically (temp file + rename)."""
         payload = {
-            "version": 1,
+            "version": 2,
             "access_token_ttl_seconds": self.access_token_ttl_seconds,
-            "rng_state": _encode(self.rng.getstate()),
-            "accounts": [_encode(a) for a in self.accounts.values()],
-            "oauth_clients": [_encode(c) for c in self.oauth_clients.values()],
-            "authorization_codes": [_encode(c) for c in self.authorization_codes.values()],
-            "grants": [_encode(g) for g in self.grants.values()],
-            "access_tokens": [_encode(t) for t in self.access_tokens.values()],
+            "rng_state": self.rng.getstate(),
+            "accounts": list(self.accounts.values()),
+            "oauth_clients": list(self.oauth_clients.values()),
+            "authorization_codes": list(self.authorization_codes.values()),
+            "grants": list(self.grants.values()),
+            "access_tokens": list(self.access_tokens.values()),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(_dumps(payload))
         os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Path) -> Store:
         """Read a state file written by ``save``."""
-        payload = json.loads(path.read_text())
+        payload = orjson.loads(path.read_bytes())
         store = cls(access_token_ttl_seconds=payload["access_token_ttl_seconds"])
         store.rng.setstate(_decode_rng(payload["rng_state"]))
         for raw in payload["accounts"]:
@@ -546,65 +551,59 @@ class Store:
 
 # ---------------------------------------------------------------------------- JSON codec
 #
-# Dataclasses are written field by field; datetimes as ISO strings tagged with "$dt" so they come
-# back as datetimes. Field types are recovered from the dataclass definitions on load.
+# orjson writes dataclasses (minus private caches), dicts, lists and datetimes in C; on load,
+# the dataclass field types say where datetimes and nested records are, so nothing is tagged.
 
 
-def _encode(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return {"$dt": value.isoformat()}
+def _dataclass_fields(value: Any) -> dict[str, Any]:
     if dataclasses.is_dataclass(value):
-        return {
-            f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value) if not f.name.startswith("_")
-        }
-    if isinstance(value, dict):
-        return {k: _encode(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_encode(v) for v in value]
-    return value
+        return {name: getattr(value, name) for name, _ in _field_hints(type(value))}
+    raise TypeError(f"cannot store {type(value).__name__}")
 
 
-def _decode_plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        if set(value) == {"$dt"}:
-            return datetime.fromisoformat(value["$dt"])
-        return {k: _decode_plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decode_plain(v) for v in value]
-    return value
+def _dumps(payload: Any) -> bytes:
+    return orjson.dumps(
+        payload, default=_dataclass_fields, option=orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_NON_STR_KEYS
+    )
 
 
-_NESTED: dict[tuple[type, str], tuple[str, type]] = {}
-
-
-def _decode(cls: type, raw: dict[str, Any]) -> Any:
+@functools.cache
+def _field_hints(cls: type) -> tuple[tuple[str, Any], ...]:
     import typing
 
     hints = typing.get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.name.startswith("_") or f.name not in raw:
-            continue
-        kwargs[f.name] = _decode_typed(hints[f.name], raw[f.name])
+    return tuple((f.name, hints[f.name]) for f in dataclasses.fields(cls) if not f.name.startswith("_"))
+
+
+def _decode(cls: type, raw: dict[str, Any]) -> Any:
+    kwargs: dict[str, Any] = {
+        name: _decode_typed(hint, raw[name]) for name, hint in _field_hints(cls) if name in raw
+    }
     return cls(**kwargs)
 
 
 def _decode_typed(hint: Any, value: Any) -> Any:
     import typing
 
+    if value is None:
+        return None
+    if hint is datetime:
+        return datetime.fromisoformat(value)
+    if dataclasses.is_dataclass(hint):
+        return _decode(hint, value)
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-        return _decode(hint, value)
-    if origin is dict and args and dataclasses.is_dataclass(args[1]):
-        return {k: _decode(args[1], v) for k, v in value.items()}
-    if origin is list and args and dataclasses.is_dataclass(args[0]):
-        return [_decode(args[0], v) for v in value]
-    if args and value is not None and origin in (typing.Union, type(int | None)):
+    if origin is dict and args and args[1] is not Any:
+        return {k: _decode_typed(args[1], v) for k, v in value.items()}
+    if origin is list and args and args[0] is not Any:
+        return [_decode_typed(args[0], v) for v in value]
+    if origin is tuple and args:
+        return tuple(_decode_typed(a, v) for a, v in zip(args, value, strict=False))
+    if origin in (typing.Union, type(int | None)):
         inner = [a for a in args if a is not type(None)]
         if len(inner) == 1:
             return _decode_typed(inner[0], value)
-    return _decode_plain(value)
+    return value
 
 
 def _decode_rng(value: Any) -> tuple:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -159,54 +160,26 @@ def sign(secret_key: str, body: bytes, timestamp_header: str) -> str:
     ).hexdigest()
 
 
-def render_event(event: Event, base_url: str, store: Any = None) -> dict[str, Any]:
+def render_event(event: Event, base_url: str, store: Any) -> dict[str, Any]:
     """The event resource exactly as ``GET /api/events/{id}`` renders it (no fieldsets, no includes).
 
-    Uses the Events API's own renderer so the two can never drift; the inline rendering below is
-    only a fallback for builds without ``resources.events``.
+    Delegates to the Events API's own renderer, so a payload and a GET can never drift apart.
     """
-    try:
-        from klaviyo_sandbox import spec
-        from klaviyo_sandbox.jsonapi import Context
-        from klaviyo_sandbox.resources import events as events_api
-    except ImportError:
-        events_api = None
-    if events_api is not None and store is not None:
-        ctx = Context(
-            store=store,
-            op=spec.operation_by_id("get_event"),
-            caller=None,  # type: ignore[arg-type]
-            base_url=base_url.rstrip("/"),
-            path=f"/api/events/{event.id}",
-            path_params={"id": event.id},
-            query={},
-        )
-        return events_api.render_event(ctx, event)
-    base = f"{base_url.rstrip('/')}/api/events/{event.id}"
-    return {
-        "type": "event",
-        "id": event.id,
-        "attributes": {
-            "timestamp": event.timestamp,
-            "event_properties": event.event_properties,
-            "datetime": event.datetime.astimezone(UTC).isoformat(),
-            "uuid": event.uuid,
-        },
-        "relationships": {
-            "profile": {
-                "data": {"type": "profile", "id": event.profile_id},
-                "links": {"self": f"{base}/relationships/profile/", "related": f"{base}/profile/"},
-            },
-            "metric": {
-                "data": {"type": "metric", "id": event.metric_id},
-                "links": {"self": f"{base}/relationships/metric/", "related": f"{base}/metric/"},
-            },
-            "attributions": {
-                "links": {"self": f"{base}/relationships/attributions/", "related": f"{base}/attributions/"},
-            },
-        },
-        "links": {"self": f"{base}/"},
-    }
+    # Imported here: resources import the app, which builds this dispatcher.
+    from klaviyo_sandbox import spec
+    from klaviyo_sandbox.jsonapi import Context
+    from klaviyo_sandbox.resources import events as events_api
+
+    ctx = Context(
+        store=store,
+        op=spec.operation_by_id("get_event"),
+        caller=None,  # type: ignore[arg-type]  # rendering an event never looks at the caller
+        base_url=base_url.rstrip("/"),
+        path=f"/api/events/{event.id}",
+        path_params={"id": event.id},
+        query={},
+    )
+    return events_api.render_event(ctx, event)
 
 
 # ---------------------------------------------------------------------------- settings
@@ -230,7 +203,7 @@ class WebhookSettings:
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply a partial update; ValueError (nothing changed) for unknown keys or bad values."""
-        known = {f.name: f.type for f in fields(self)}
+        known = {f.name for f in fields(self)}
         checked: dict[str, Any] = {}
         for name, value in changes.items():
             if name not in known:
@@ -290,6 +263,7 @@ class WebhookDispatcher:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._client: httpx2.AsyncClient | None = None
         self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
         self.stopped = False  # True once stop() has finished (the tests wait on it)
         # A private RNG for delivery ids: deliveries happen at timing-dependent moments, and
@@ -301,6 +275,7 @@ class WebhookDispatcher:
     async def start(self) -> None:
         """Open the HTTP client and start workers for anything queued before the server ran."""
         self._stop = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         self.stopped = False
         # follow_redirects=False: Klaviyo does not follow redirects; a 3xx counts as a failure.
         self._client = httpx2.AsyncClient(
@@ -329,6 +304,7 @@ class WebhookDispatcher:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        self._loop = None
         self.stopped = True
 
     @property
@@ -344,6 +320,13 @@ class WebhookDispatcher:
         Synchronous and cheap: call it from a handler right after the events were stored.
         ``base_url`` (the sandbox's own, e.g. ``ctx.base_url``) makes payload links point back here.
         """
+        if self._loop is not None and _running_loop() is not self._loop:
+            # Called from another thread (a test, a script): hop onto the server's loop, which
+            # owns the store and the queues.
+            self._loop.call_soon_threadsafe(
+                functools.partial(self.publish, account, list(events), base_url=base_url)
+            )
+            return
         if base_url:
             self.base_url = base_url.rstrip("/")
         hooks = [hook for hook in account.webhooks.values() if hook.enabled and hook.topics]
@@ -376,10 +359,6 @@ class WebhookDispatcher:
                 del pending.items[:overflow]
                 logger.warning("webhook %s: queue full, dropped %d oldest events", webhook_id, overflow)
             self._ensure_worker(webhook_id)
-
-    def event_created(self, account: Account, event: Event, *, base_url: str | None = None) -> None:
-        """One new event (the hook ``POST /api/events`` calls): same as ``publish(account, [event])``."""
-        self.publish(account, [event], base_url=base_url)
 
     def discard(self, webhook_id: str) -> None:
         """Forget queued events of a webhook (deleted or disabled); a running attempt finishes."""
@@ -533,6 +512,7 @@ class WebhookDispatcher:
         overflow = len(log) - self.max_log_entries
         if overflow > 0:
             del log[:overflow]
+        self.sandbox.save_state()  # only marks the state dirty; it is written off the request path
 
     def _disable_if_failing_too_long(self, account: Account, hook: Webhook) -> bool:
         """Disable ``hook`` when every attempt for longer than ``disable_after_seconds`` failed."""
@@ -552,8 +532,7 @@ class WebhookDispatcher:
         hook.updated_at = now
         self.discard(hook.id)
         logger.warning("webhook %s disabled: deliveries failing since %s", hook.id, failing_since.isoformat())
-        with contextlib.suppress(Exception):  # persistence trouble must not break delivery
-            self.sandbox.save_state()
+        self.sandbox.save_state()
         return True
 
     async def _pause(self, seconds: float) -> None:
@@ -562,6 +541,13 @@ class WebhookDispatcher:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def delivery_to_dict(delivery: WebhookDelivery) -> dict[str, Any]:

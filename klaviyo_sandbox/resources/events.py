@@ -110,6 +110,14 @@ def event_index(account: Account) -> EventIndex:
     return index
 
 
+def forget_event_index(account: Account | None = None) -> None:
+    """Drop the cached index (of one account, or all): call after editing events in place."""
+    if account is None:
+        _INDEXES.clear()
+    else:
+        _INDEXES.pop(id(account), None)
+
+
 # ---------------------------------------------------------------------------- rendering
 
 

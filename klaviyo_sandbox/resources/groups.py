@@ -53,8 +53,14 @@ def render_list(ctx: Context, klist: KList) -> dict[str, Any]:
     }
     if ctx.wants("list", "profile_count"):
         attributes["profile_count"] = len(klist.members)
-    return resource(ctx, "list", klist.id, attributes, relationships=_group_relationships(ctx, "list", klist.id),
-                    path="/api/lists")
+    return resource(
+        ctx,
+        "list",
+        klist.id,
+        attributes,
+        relationships=_group_relationships(ctx, "list", klist.id),
+        path="/api/lists",
+    )
 
 
 def render_segment(ctx: Context, segment: Segment) -> dict[str, Any]:
@@ -70,8 +76,14 @@ def render_segment(ctx: Context, segment: Segment) -> dict[str, Any]:
     }
     if ctx.wants("segment", "profile_count"):
         attributes["profile_count"] = len(segment.members)
-    return resource(ctx, "segment", segment.id, attributes,
-                    relationships=_group_relationships(ctx, "segment", segment.id), path="/api/segments")
+    return resource(
+        ctx,
+        "segment",
+        segment.id,
+        attributes,
+        relationships=_group_relationships(ctx, "segment", segment.id),
+        path="/api/segments",
+    )
 
 
 def _kind(ctx: Context) -> str:
@@ -115,8 +127,14 @@ def get_groups(ctx: Context) -> tuple[int, Any]:
     render = render_list if kind == "list" else render_segment
     items = [g for g in groups.values() if matches(ctx.filters, _group_getter(g))]
     sort = (ctx.sort or "id").lstrip("-")
-    return 200, paginate(ctx, items, _GROUP_SORTS.get(sort, _GROUP_SORTS["id"]), lambda g: render(ctx, g),
-                         descending=(ctx.sort or "").startswith("-"), included=lambda page: [])
+    return 200, paginate(
+        ctx,
+        items,
+        _GROUP_SORTS.get(sort, _GROUP_SORTS["id"]),
+        lambda g: render(ctx, g),
+        descending=(ctx.sort or "").startswith("-"),
+        included=lambda page: [],
+    )
 
 
 @handler("get_list", "get_segment")
@@ -136,8 +154,13 @@ def create_list(ctx: Context) -> tuple[int, Any]:
     if not name:
         raise invalid("A list name is required.", pointer="/data/attributes/name")
     now = utcnow()
-    klist = KList(id=ctx.store.new_id("short"), name=name, created=now, updated=now,
-                  opt_in_process=attributes.get("opt_in_process") or ctx.account.default_opt_in_process)
+    klist = KList(
+        id=ctx.store.new_id("short"),
+        name=name,
+        created=now,
+        updated=now,
+        opt_in_process=attributes.get("opt_in_process") or ctx.account.default_opt_in_process,
+    )
     ctx.account.lists[klist.id] = klist
     return 201, single(ctx, render_list(ctx, klist))
 
@@ -172,9 +195,14 @@ def create_segment(ctx: Context) -> tuple[int, Any]:
     if not attributes.get("name"):
         raise invalid("A segment name is required.", pointer="/data/attributes/name")
     now = utcnow()
-    segment = Segment(id=ctx.store.new_id("short"), name=attributes["name"], created=now, updated=now,
-                      definition=attributes.get("definition") or {"condition_groups": []},
-                      is_starred=bool(attributes.get("is_starred")))
+    segment = Segment(
+        id=ctx.store.new_id("short"),
+        name=attributes["name"],
+        created=now,
+        updated=now,
+        definition=attributes.get("definition") or {"condition_groups": []},
+        is_starred=bool(attributes.get("is_starred")),
+    )
     ctx.account.segments[segment.id] = segment
     return 201, single(ctx, render_segment(ctx, segment))
 
@@ -187,16 +215,24 @@ def delete_group(ctx: Context) -> tuple[int, Any]:
     return 204, None
 
 
-@handler("get_flows_triggered_by_list", "get_flows_triggered_by_segment", "get_tags_for_list",
-         "get_tags_for_segment")
+@handler(
+    "get_flows_triggered_by_list",
+    "get_flows_triggered_by_segment",
+    "get_tags_for_list",
+    "get_tags_for_segment",
+)
 def get_group_related_empty(ctx: Context) -> tuple[int, Any]:
     """Flow triggers and tags of a group: the sandbox models none."""
     get_group(ctx)
     return 200, {"data": [], "links": {"self": ctx.self_link(), "next": None, "prev": None}}
 
 
-@handler("get_ids_for_flows_triggered_by_list", "get_ids_for_flows_triggered_by_segment", "get_tag_ids_for_list",
-         "get_tag_ids_for_segment")
+@handler(
+    "get_ids_for_flows_triggered_by_list",
+    "get_ids_for_flows_triggered_by_segment",
+    "get_tag_ids_for_list",
+    "get_tag_ids_for_segment",
+)
 def get_group_related_ids_empty(ctx: Context) -> tuple[int, Any]:
     """Ids of a group's flow triggers and tags: none."""
     get_group(ctx)
@@ -226,7 +262,11 @@ def _member_page(ctx: Context, group: Group) -> tuple[list[tuple[datetime, str]]
             key = (datetime.fromisoformat(after[0]), str(after[1]))
         except (IndexError, TypeError, ValueError) as exc:
             raise invalid("Invalid page cursor.", parameter="page[cursor]") from exc
-        start = len(ordered) - bisect.bisect_left(ordered, key) if descending else bisect.bisect_right(ordered, key)
+        start = (
+            len(ordered) - bisect.bisect_left(ordered, key)
+            if descending
+            else bisect.bisect_right(ordered, key)
+        )
     view = ordered[::-1] if descending else ordered
     page = view[start : start + size]
     next_link = None
@@ -247,7 +287,11 @@ def _member_getter(profile: Any, joined: datetime) -> Any:
 
 def _lower_emails(ctx: Context) -> None:
     ctx.filters = [
-        Condition(c.operator, c.field, [v.lower() for v in c.value] if isinstance(c.value, list) else c.value.lower())
+        Condition(
+            c.operator,
+            c.field,
+            [v.lower() for v in c.value] if isinstance(c.value, list) else c.value.lower(),
+        )
         if c.field == "email" and isinstance(c.value, str | list)
         else c
         for c in ctx.filters
@@ -278,8 +322,10 @@ def _membership_ids(ctx: Context) -> list[str]:
     if not isinstance(data, list):
         raise invalid("'data' must be a list of profile identifiers.", pointer="/data")
     if len(data) > MAX_MEMBERSHIP_CHANGE:
-        raise invalid(f"At most {MAX_MEMBERSHIP_CHANGE} profiles may be given per request; got {len(data)}.",
-                      pointer="/data")
+        raise invalid(
+            f"At most {MAX_MEMBERSHIP_CHANGE} profiles may be given per request; got {len(data)}.",
+            pointer="/data",
+        )
     ids = []
     for index, item in enumerate(data):
         profile_id = item.get("id")

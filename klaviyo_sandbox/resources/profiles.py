@@ -45,9 +45,10 @@ def valid_e164(value: str) -> bool:
         number = phonenumbers.parse(value, None)
     except phonenumbers.NumberParseException:
         return False
-    return phonenumbers.is_valid_number(number) and phonenumbers.format_number(
-        number, phonenumbers.PhoneNumberFormat.E164
-    ) == value
+    return (
+        phonenumbers.is_valid_number(number)
+        and phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164) == value
+    )
 
 
 def check_identifiers(attributes: dict[str, Any], pointer: str) -> None:
@@ -57,7 +58,9 @@ def check_identifiers(attributes: dict[str, Any], pointer: str) -> None:
         raise invalid(f"Invalid email address: '{email}'.", pointer=f"{pointer}/email")
     phone = attributes.get("phone_number")
     if phone is not None and not valid_e164(phone):
-        raise invalid(f"Invalid phone number format (must be E.164): '{phone}'.", pointer=f"{pointer}/phone_number")
+        raise invalid(
+            f"Invalid phone number format (must be E.164): '{phone}'.", pointer=f"{pointer}/phone_number"
+        )
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -77,7 +80,9 @@ def _consent_block(consent: ChannelConsent, can_receive_key: str, can_receive: b
 
 def can_receive_email(profile: Profile) -> bool:
     """Klaviyo's ``can_receive_email_marketing``: subscribed and not globally suppressed."""
-    return profile.email_marketing.consent == "SUBSCRIBED" and not profile.suppressions and bool(profile.email)
+    return (
+        profile.email_marketing.consent == "SUBSCRIBED" and not profile.suppressions and bool(profile.email)
+    )
 
 
 def subscriptions(profile: Profile) -> dict[str, Any]:
@@ -103,7 +108,9 @@ def subscriptions(profile: Profile) -> dict[str, Any]:
     }
 
 
-def profile_attributes(ctx: Context, profile: Profile, joined_group_at: datetime | None = None) -> dict[str, Any]:
+def profile_attributes(
+    ctx: Context, profile: Profile, joined_group_at: datetime | None = None
+) -> dict[str, Any]:
     """The attributes of a profile as Klaviyo renders them (plus ``joined_group_at`` for members)."""
     attributes: dict[str, Any] = {
         "email": profile.email,
@@ -157,12 +164,18 @@ def render_profile(
     if relationships:
         rels = {
             name: relationship(
-                ctx, f"/api/profiles/{profile.id}/relationships/{name}/", f"/api/profiles/{profile.id}/{name}/"
+                ctx,
+                f"/api/profiles/{profile.id}/relationships/{name}/",
+                f"/api/profiles/{profile.id}/{name}/",
             )
             for name in ("lists", "segments", "push-tokens")
         }
     return resource(
-        ctx, "profile", profile.id, profile_attributes(ctx, profile, joined_group_at), relationships=rels,
+        ctx,
+        "profile",
+        profile.id,
+        profile_attributes(ctx, profile, joined_group_at),
+        relationships=rels,
         path="/api/profiles",
     )
 
@@ -193,7 +206,11 @@ def _lower_email_filters(ctx: Context) -> None:
     from klaviyo_sandbox.filters import Condition
 
     ctx.filters = [
-        Condition(c.operator, c.field, [v.lower() for v in c.value] if isinstance(c.value, list) else c.value.lower())
+        Condition(
+            c.operator,
+            c.field,
+            [v.lower() for v in c.value] if isinstance(c.value, list) else c.value.lower(),
+        )
         if c.field == "email" and c.value is not None
         else c
         for c in ctx.filters
@@ -225,12 +242,14 @@ def get_profiles(ctx: Context) -> tuple[int, Any]:
     sort = (ctx.sort or "id").lstrip("-")
     key = _PROFILE_SORTS.get(sort)
     if key is None:  # suppression-timestamp sorts: fall back to the timestamp of the first suppression
+
         def key(p: Profile) -> tuple[Any, ...]:
             return (sort_key_value(p.suppressions[0].timestamp) if p.suppressions else "", p.id)
 
     items = [p for p in ctx.account.profiles.values() if matches(ctx.filters, profile_getter(p))]
-    return 200, paginate(ctx, items, key, lambda p: render_profile(ctx, p),
-                         descending=(ctx.sort or "").startswith("-"))
+    return 200, paginate(
+        ctx, items, key, lambda p: render_profile(ctx, p), descending=(ctx.sort or "").startswith("-")
+    )
 
 
 @handler("get_profile")
@@ -268,8 +287,10 @@ def get_groups_for_profile(ctx: Context) -> tuple[int, Any]:
     kind = "list" if ctx.op.operation_id == "get_lists_for_profile" else "segment"
     render = render_list if kind == "list" else render_segment
     groups = _groups_of(ctx, kind)
-    return 200, {"data": [render(ctx, g) for g in groups], "links": {"self": ctx.self_link(), "next": None,
-                                                                     "prev": None}}
+    return 200, {
+        "data": [render(ctx, g) for g in groups],
+        "links": {"self": ctx.self_link(), "next": None, "prev": None},
+    }
 
 
 @handler("get_list_ids_for_profile", "get_segment_ids_for_profile")
@@ -277,8 +298,10 @@ def get_group_ids_for_profile(ctx: Context) -> tuple[int, Any]:
     """Ids of the lists or segments a profile belongs to."""
     kind = "list" if ctx.op.operation_id == "get_list_ids_for_profile" else "segment"
     groups = _groups_of(ctx, kind)
-    return 200, {"data": [{"type": kind, "id": g.id} for g in groups],
-                 "links": {"self": ctx.self_link(), "next": None, "prev": None}}
+    return 200, {
+        "data": [{"type": kind, "id": g.id} for g in groups],
+        "links": {"self": ctx.self_link(), "next": None, "prev": None},
+    }
 
 
 # ---------------------------------------------------------------------------- writes
@@ -341,8 +364,9 @@ def create_profile(ctx: Context) -> tuple[int, Any]:
     check_identifiers(attributes, "/data/attributes")
     duplicate = _duplicate_of(ctx.account, attributes)
     if duplicate is not None:
-        raise conflict("A profile already exists with one of these identifiers.",
-                       {"duplicate_profile_id": duplicate.id})
+        raise conflict(
+            "A profile already exists with one of these identifiers.", {"duplicate_profile_id": duplicate.id}
+        )
     profile = new_profile(ctx, attributes)
     return 201, single(ctx, render_profile(ctx, profile))
 
@@ -359,8 +383,9 @@ def update_profile(ctx: Context) -> tuple[int, Any]:
     check_identifiers(attributes, "/data/attributes")
     duplicate = _duplicate_of(ctx.account, attributes, exclude=profile.id)
     if duplicate is not None:
-        raise conflict("A profile already exists with one of these identifiers.",
-                       {"duplicate_profile_id": duplicate.id})
+        raise conflict(
+            "A profile already exists with one of these identifiers.", {"duplicate_profile_id": duplicate.id}
+        )
     _apply_attributes(profile, attributes, partial=True)
     _apply_patch_properties(profile, data.get("meta"))
     ctx.account.index_profile(profile)
@@ -378,7 +403,9 @@ def create_or_update_profile(ctx: Context) -> tuple[int, Any]:
         profile = get_account_profile(ctx.account, data["id"])
     else:
         if not any(attributes.get(name) for name in IDENTIFIERS):
-            raise invalid("One of email, phone_number or external_id is required.", pointer="/data/attributes")
+            raise invalid(
+                "One of email, phone_number or external_id is required.", pointer="/data/attributes"
+            )
         profile = _duplicate_of(ctx.account, attributes)
     if profile is None:
         profile = new_profile(ctx, attributes)
@@ -386,8 +413,9 @@ def create_or_update_profile(ctx: Context) -> tuple[int, Any]:
         return 201, single(ctx, render_profile(ctx, profile))
     duplicate = _duplicate_of(ctx.account, attributes, exclude=profile.id)
     if duplicate is not None:
-        raise conflict("A profile already exists with one of these identifiers.",
-                       {"duplicate_profile_id": duplicate.id})
+        raise conflict(
+            "A profile already exists with one of these identifiers.", {"duplicate_profile_id": duplicate.id}
+        )
     _apply_attributes(profile, attributes, partial=True)
     _apply_patch_properties(profile, data.get("meta"))
     ctx.account.index_profile(profile)

@@ -24,7 +24,7 @@ from klaviyo_sandbox.app import handler
 from klaviyo_sandbox.errors import ApiError, invalid
 from klaviyo_sandbox.jsonapi import Context, parse_datetime, require_linkage
 from klaviyo_sandbox.resources.profiles import new_profile, valid_e164, valid_email
-from klaviyo_sandbox.store import ConfirmationEmail, KList, Profile, Suppression, SubscriptionJob, utcnow
+from klaviyo_sandbox.store import ConfirmationEmail, KList, Profile, SubscriptionJob, Suppression, utcnow
 
 MAX_SUBSCRIBE = 1000
 MAX_UNSUBSCRIBE = 100
@@ -36,8 +36,10 @@ def _profiles(attributes: dict[str, Any], limit: int) -> list[dict[str, Any]]:
     if not profiles:
         raise invalid("At least one profile is required.", pointer="/data/attributes/profiles/data")
     if len(profiles) > limit:
-        raise invalid(f"At most {limit} profiles may be given per job; got {len(profiles)}.",
-                      pointer="/data/attributes/profiles/data")
+        raise invalid(
+            f"At most {limit} profiles may be given per job; got {len(profiles)}.",
+            pointer="/data/attributes/profiles/data",
+        )
     return profiles
 
 
@@ -47,7 +49,9 @@ def _list_of(ctx: Context, data: dict[str, Any]) -> KList | None:
         return None
     klist = ctx.account.lists.get(linkage["id"])
     if klist is None:
-        raise ApiError(404, f"List with id {linkage['id']} not found.", pointer="/data/relationships/list/data/id")
+        raise ApiError(
+            404, f"List with id {linkage['id']} not found.", pointer="/data/relationships/list/data/id"
+        )
     return klist
 
 
@@ -60,8 +64,10 @@ def _check_sms(ctx: Context, phone: str | None, pointer: str) -> None:
         raise invalid("SMS configuration is required to subscribe phone numbers to SMS.", pointer=pointer)
     region = phonenumbers.region_code_for_number(phonenumbers.parse(phone, None))
     if region not in ctx.account.sms_countries:
-        raise invalid(f"Phone number '{phone}' is in a region ({region}) where SMS is not supported for "
-                      "this account.", pointer=pointer)
+        raise invalid(
+            f"Phone number '{phone}' is in a region ({region}) where SMS is not supported for this account.",
+            pointer=pointer,
+        )
 
 
 def _lift_suppressions(profile: Profile, klist: KList | None) -> None:
@@ -90,8 +96,10 @@ def bulk_subscribe_profiles(ctx: Context) -> tuple[int, Any]:
         if email is not None and not valid_email(email):
             raise invalid(f"Invalid email address: '{email}'.", pointer=f"{pointer}/attributes/email")
         if phone is not None and not valid_e164(phone):
-            raise invalid(f"Invalid phone number format (must be E.164): '{phone}'.",
-                          pointer=f"{pointer}/attributes/phone_number")
+            raise invalid(
+                f"Invalid phone number format (must be E.164): '{phone}'.",
+                pointer=f"{pointer}/attributes/phone_number",
+            )
         consented: dict[str, datetime | None] = {}
         for channel, kinds in (("email", ("marketing",)), ("sms", ("marketing", "transactional"))):
             for kind in kinds:
@@ -101,29 +109,42 @@ def bulk_subscribe_profiles(ctx: Context) -> tuple[int, Any]:
                 at_pointer = f"{pointer}/attributes/subscriptions/{channel}/{kind}/consented_at"
                 raw_at = params.get("consented_at")
                 if raw_at is not None and not historical:
-                    raise invalid("consented_at may only be given when historical_import is true.",
-                                  pointer=at_pointer)
+                    raise invalid(
+                        "consented_at may only be given when historical_import is true.", pointer=at_pointer
+                    )
                 at = parse_datetime(raw_at, at_pointer) if raw_at else None
                 if historical and at is None:
-                    raise invalid("consented_at is required when historical_import is true.", pointer=at_pointer)
+                    raise invalid(
+                        "consented_at is required when historical_import is true.", pointer=at_pointer
+                    )
                 if at is not None and at > now:
                     raise invalid("consented_at must be in the past.", pointer=at_pointer)
                 consented[f"{channel}.{kind}"] = at
         if "email.marketing" in consented and not email and not item.get("id"):
-            raise invalid("An email is required to subscribe to email.", pointer=f"{pointer}/attributes/email")
+            raise invalid(
+                "An email is required to subscribe to email.", pointer=f"{pointer}/attributes/email"
+            )
         if any(key.startswith("sms.") for key in consented):
             _check_sms(ctx, phone, f"{pointer}/attributes/phone_number")
         if not consented and not email and not phone:
-            raise invalid("Each profile needs an email or phone number and a subscription.",
-                          pointer=f"{pointer}/attributes")
+            raise invalid(
+                "Each profile needs an email or phone number and a subscription.",
+                pointer=f"{pointer}/attributes",
+            )
         plans.append((item, attrs, consented))
 
     for item, attrs, consented in plans:
         _subscribe_one(ctx, item, attrs, consented, klist, historical, attributes.get("custom_source"), now)
     ctx.account.subscription_jobs.append(
-        SubscriptionJob(id=ctx.store.new_id("job"), kind="subscribe", at=now, list_id=klist.id if klist else None,
-                        historical_import=historical, profile_count=len(plans),
-                        custom_source=attributes.get("custom_source"))
+        SubscriptionJob(
+            id=ctx.store.new_id("job"),
+            kind="subscribe",
+            at=now,
+            list_id=klist.id if klist else None,
+            historical_import=historical,
+            profile_count=len(plans),
+            custom_source=attributes.get("custom_source"),
+        )
     )
     return 202, None
 
@@ -165,7 +186,9 @@ def _subscribe_one(
             if profile.id not in klist.pending:  # type: ignore[union-attr]
                 klist.pending[profile.id] = now  # type: ignore[union-attr]
                 account.confirmation_emails.append(
-                    ConfirmationEmail(profile_id=profile.id, email=profile.email or "", list_id=klist.id, at=now)  # type: ignore[union-attr]
+                    ConfirmationEmail(
+                        profile_id=profile.id, email=profile.email or "", list_id=klist.id, at=now
+                    )  # type: ignore[union-attr]
                 )
         else:
             consent = profile.email_marketing
@@ -233,7 +256,9 @@ def bulk_unsubscribe_profiles(ctx: Context) -> tuple[int, Any]:
         if email is not None and not valid_email(email):
             raise invalid(f"Invalid email address: '{email}'.", pointer=f"{pointer}/email")
         if phone is not None and not valid_e164(phone):
-            raise invalid(f"Invalid phone number format (must be E.164): '{phone}'.", pointer=f"{pointer}/phone_number")
+            raise invalid(
+                f"Invalid phone number format (must be E.164): '{phone}'.", pointer=f"{pointer}/phone_number"
+            )
         targets.append((ctx.account.find_profile(email=email, phone_number=phone), attrs))
     for profile, attrs in targets:
         if profile is None:
@@ -260,7 +285,13 @@ def bulk_unsubscribe_profiles(ctx: Context) -> tuple[int, Any]:
                 consent.last_updated = now
         profile.updated = now
     ctx.account.subscription_jobs.append(
-        SubscriptionJob(id=ctx.store.new_id("job"), kind="unsubscribe", at=now,
-                        list_id=klist.id if klist else None, historical_import=False, profile_count=len(targets))
+        SubscriptionJob(
+            id=ctx.store.new_id("job"),
+            kind="unsubscribe",
+            at=now,
+            list_id=klist.id if klist else None,
+            historical_import=False,
+            profile_count=len(targets),
+        )
     )
     return 202, None

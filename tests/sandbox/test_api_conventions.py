@@ -74,7 +74,9 @@ def test_wrong_content_type_is_415(api):
 
 
 def test_malformed_json_is_400(api):
-    response = api.post("/api/profiles", content=b'{"data": ', headers={"content-type": "application/vnd.api+json"})
+    response = api.post(
+        "/api/profiles", content=b'{"data": ', headers={"content-type": "application/vnd.api+json"}
+    )
     assert "Malformed JSON" in _error(response, 400)["detail"]
 
 
@@ -89,8 +91,12 @@ def test_unknown_attribute_and_wrong_type_are_400_with_pointer(api):
 
 
 def test_body_over_5_mb_is_413(api):
-    huge = {"data": {"type": "profile", "attributes": {"email": "a@example.com",
-                                                       "properties": {"blob": "x" * (5 * 1024 * 1024)}}}}
+    huge = {
+        "data": {
+            "type": "profile",
+            "attributes": {"email": "a@example.com", "properties": {"blob": "x" * (5 * 1024 * 1024)}},
+        }
+    }
     assert _error(api.post("/api/profiles", json=huge), 413)
 
 

@@ -15,8 +15,15 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from playwright.sync_api import sync_playwright
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture
@@ -25,8 +32,9 @@ def callback_server() -> Iterator[tuple[str, list[str]]]:
     seen: list[str] = []
 
     class Callback(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            seen.append(self.path)
+        def do_GET(self) -> None:
+            if self.path.startswith("/oauth/klaviyo/callback"):  # not the browser's favicon request
+                seen.append(self.path)
             self.send_response(200)
             self.send_header("content-type", "text/plain")
             self.end_headers()
@@ -50,22 +58,36 @@ def browser():
 
 
 @pytest.mark.parametrize("decision", ["allow", "deny"])
-def test_person_allows_or_denies_on_the_consent_page(make_sandbox, control, callback_server, browser, decision):
+def test_person_allows_or_denies_on_the_consent_page(
+    make_sandbox, control, callback_server, browser, decision
+):
     redirect, seen = callback_server
     running = make_sandbox(seed="empty", rate_limits="off")
     ctl = control(running)
-    app = ctl.post("/_sandbox/oauth/clients", json={"name": "Recart", "redirect_uris": [redirect],
-                                                    "scopes": ["accounts:read", "lists:read"]}).json()
+    app = ctl.post(
+        "/_sandbox/oauth/clients",
+        json={"name": "Recart", "redirect_uris": [redirect], "scopes": ["accounts:read", "lists:read"]},
+    ).json()
     accounts = ctl.get("/_sandbox/accounts").json()["data"]
     verifier = secrets.token_urlsafe(48)
-    query = urlencode({"response_type": "code", "client_id": app["client_id"], "redirect_uri": redirect,
-                       "scope": "accounts:read lists:read", "state": "shop-42 xyz/+",
-                       "code_challenge": create_s256_code_challenge(verifier), "code_challenge_method": "S256"})
+    query = urlencode(
+        {
+            "response_type": "code",
+            "client_id": app["client_id"],
+            "redirect_uri": redirect,
+            "scope": "accounts:read lists:read",
+            "state": "shop-42 xyz/+",
+            "code_challenge": create_s256_code_challenge(verifier),
+            "code_challenge_method": "S256",
+        }
+    )
     page = browser.new_page()
     page.goto(f"{running.base_url}/oauth/authorize?{query}")
     assert "Recart" in page.inner_text("#app-name")
     assert sorted(page.locator("#scopes li").evaluate_all("els => els.map(e => e.dataset.scope)")) == [
-        "accounts:read", "lists:read"]
+        "accounts:read",
+        "lists:read",
+    ]
     page.select_option("#account_id", accounts[1]["id"])
     page.click(f"button[name=decision][value={decision}]")
     page.wait_for_url(f"{redirect}*")
@@ -75,9 +97,18 @@ def test_person_allows_or_denies_on_the_consent_page(make_sandbox, control, call
     if decision == "deny":
         assert returned["error"] == ["access_denied"] and "code" not in returned
         return
-    token = httpx2.post(f"{running.base_url}/oauth/token", auth=(app["client_id"], app["client_secret"]),
-                        data={"grant_type": "authorization_code", "code": returned["code"][0],
-                              "code_verifier": verifier, "redirect_uri": redirect}).json()
-    me = httpx2.get(f"{running.base_url}/api/accounts",
-                    headers={"Authorization": f"Bearer {token['access_token']}", "revision": "2026-07-15"})
+    token = httpx2.post(
+        f"{running.base_url}/oauth/token",
+        auth=(app["client_id"], app["client_secret"]),
+        data={
+            "grant_type": "authorization_code",
+            "code": returned["code"][0],
+            "code_verifier": verifier,
+            "redirect_uri": redirect,
+        },
+    ).json()
+    me = httpx2.get(
+        f"{running.base_url}/api/accounts",
+        headers={"Authorization": f"Bearer {token['access_token']}", "revision": "2026-07-15"},
+    )
     assert me.json()["data"][0]["id"] == accounts[1]["id"]  # the account the person chose

@@ -18,7 +18,9 @@ from klaviyo_sandbox.testing import api_client
 def test_fail_next_then_recover(make_sandbox, control):
     running = make_sandbox(rate_limits="off")
     api, ctl = api_client(running), control(running)
-    assert ctl.put("/_sandbox/faults", json={"fail_next": 2, "statuses": [503]}).json()["data"]["fail_next"] == 2
+    assert (
+        ctl.put("/_sandbox/faults", json={"fail_next": 2, "statuses": [503]}).json()["data"]["fail_next"] == 2
+    )
     assert [api.get("/api/lists").status_code for _ in range(3)] == [503, 503, 200]
     error = api.get("/api/lists")
     assert error.status_code == 200
@@ -67,7 +69,10 @@ def _serve(*args: str) -> tuple[subprocess.Popen, dict]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "klaviyo_sandbox.cli", "serve", "--port", "0", "--json", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     line = proc.stdout.readline()
     assert line, proc.stderr.read()
@@ -91,8 +96,12 @@ def test_cli_serves_and_prints_accounts(tmp_path: Path):
 
 
 def test_cli_rejects_bad_options():
-    result = subprocess.run([sys.executable, "-m", "klaviyo_sandbox.cli", "serve", "--rate-limits", "fast"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "klaviyo_sandbox.cli", "serve", "--rate-limits", "fast"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "rate-limits" in result.stderr
 
 
@@ -100,8 +109,11 @@ def test_state_file_survives_a_restart(tmp_path: Path):
     state = tmp_path / "sandbox.json"
     proc, info = _serve("--seed", "empty", "--rate-limits", "off", "--state", str(state))
     key = info["accounts"][0]["private_api_key"]
-    headers = {"Authorization": f"Klaviyo-API-Key {key}", "revision": "2026-07-15",
-               "content-type": "application/vnd.api+json"}
+    headers = {
+        "Authorization": f"Klaviyo-API-Key {key}",
+        "revision": "2026-07-15",
+        "content-type": "application/vnd.api+json",
+    }
     try:
         body = {"data": {"type": "profile", "attributes": {"email": "kept@example.com"}}}
         created = httpx2.post(f"{info['base_url']}/api/profiles", json=body, headers=headers)
@@ -111,8 +123,11 @@ def test_state_file_survives_a_restart(tmp_path: Path):
     assert state.exists()
     proc, info = _serve("--seed", "empty", "--rate-limits", "off", "--state", str(state))
     try:
-        found = httpx2.get(f"{info['base_url']}/api/profiles", headers=headers,
-                           params={"filter": 'equals(email,"kept@example.com")'})
+        found = httpx2.get(
+            f"{info['base_url']}/api/profiles",
+            headers=headers,
+            params={"filter": 'equals(email,"kept@example.com")'},
+        )
         assert [p["id"] for p in found.json()["data"]] == [created.json()["data"]["id"]]
     finally:
         _stop(proc)

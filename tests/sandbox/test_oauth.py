@@ -769,6 +769,7 @@ def test_oauth_state_survives_a_restart(make_sandbox: Callable[..., RunningSandb
     with httpx2.Client(base_url=running.base_url, timeout=30, follow_redirects=False) as http:
         registered = register_app(running, http)
         tokens = registered.tokens()
+        assert http.post("/_sandbox/state/flush").json()["data"]["written"] is True
     reloaded = Store.load(state)
     assert registered.client_id in reloaded.oauth_clients
     grant = reloaded.grant_by_refresh_token(tokens["refresh_token"])

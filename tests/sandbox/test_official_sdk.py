@@ -33,7 +33,10 @@ def test_sdk_reads_segments_members_and_lists(sdk):
     counted = as_dict(sdk.Segments.get_segment(segment, additional_fields_segment=["profile_count"]))
     assert counted["data"]["attributes"]["profile_count"] >= len(members["data"])
     lists = as_dict(sdk.Lists.get_lists())
-    assert {item["attributes"]["opt_in_process"] for item in lists["data"]} >= {"double_opt_in", "single_opt_in"}
+    assert {item["attributes"]["opt_in_process"] for item in lists["data"]} >= {
+        "double_opt_in",
+        "single_opt_in",
+    }
 
 
 def test_sdk_follows_cursor_pages(sdk):
@@ -58,11 +61,29 @@ def test_sdk_creates_a_profile_and_gets_409_for_a_duplicate(sdk):
 def test_sdk_bulk_subscribe(sdk):
     lists = as_dict(sdk.Lists.get_lists())["data"]
     single = next(item["id"] for item in lists if item["attributes"]["opt_in_process"] == "single_opt_in")
-    job = {"data": {"type": "profile-subscription-bulk-create-job", "attributes": {"profiles": {"data": [
-        {"type": "profile", "attributes": {"email": "sdk.sub@example.com",
-                                           "subscriptions": {"email": {"marketing": {"consent": "SUBSCRIBED"}}}}}
-    ]}}, "relationships": {"list": {"data": {"type": "list", "id": single}}}}}
+    job = {
+        "data": {
+            "type": "profile-subscription-bulk-create-job",
+            "attributes": {
+                "profiles": {
+                    "data": [
+                        {
+                            "type": "profile",
+                            "attributes": {
+                                "email": "sdk.sub@example.com",
+                                "subscriptions": {"email": {"marketing": {"consent": "SUBSCRIBED"}}},
+                            },
+                        }
+                    ]
+                }
+            },
+            "relationships": {"list": {"data": {"type": "list", "id": single}}},
+        }
+    }
     sdk.Profiles.bulk_subscribe_profiles(job)
-    found = as_dict(sdk.Profiles.get_profiles(filter='equals(email,"sdk.sub@example.com")',
-                                              additional_fields_profile=["subscriptions"]))
+    found = as_dict(
+        sdk.Profiles.get_profiles(
+            filter='equals(email,"sdk.sub@example.com")', additional_fields_profile=["subscriptions"]
+        )
+    )
     assert found["data"][0]["attributes"]["subscriptions"]["email"]["marketing"]["consent"] == "SUBSCRIBED"

@@ -59,11 +59,21 @@ def _fingerprint(store: Store) -> str:
     """A digest of everything a test or a client could observe about a seeded store."""
     parts: list[object] = []
     for account in store.accounts.values():
-        parts.append((account.id, account.private_api_key, account.public_api_key,
-                      account.created.isoformat()))
-        parts.extend((p.id, p.email, p.phone_number, p.external_id, p.updated.isoformat(),
-                      p.email_marketing.consent, json.dumps(p.properties, sort_keys=True))
-                     for p in account.profiles.values())
+        parts.append(
+            (account.id, account.private_api_key, account.public_api_key, account.created.isoformat())
+        )
+        parts.extend(
+            (
+                p.id,
+                p.email,
+                p.phone_number,
+                p.external_id,
+                p.updated.isoformat(),
+                p.email_marketing.consent,
+                json.dumps(p.properties, sort_keys=True),
+            )
+            for p in account.profiles.values()
+        )
         for group in [*account.lists.values(), *account.segments.values()]:
             members = sorted((pid, at.isoformat()) for pid, at in group.members.items())
             parts.append((group.id, group.name, members, sorted(getattr(group, "pending", {}))))
@@ -71,8 +81,17 @@ def _fingerprint(store: Store) -> str:
         parts.extend((f.id, f.action_ids) for f in account.flows.values())
         parts.extend(account.flow_messages)
         parts.extend((c.id, c.message_ids, c.included_audiences) for c in account.campaigns.values())
-        parts.extend((e.id, e.uuid, e.profile_id, e.metric_id, e.datetime.isoformat(),
-                      json.dumps(e.event_properties, sort_keys=True)) for e in account.events.values())
+        parts.extend(
+            (
+                e.id,
+                e.uuid,
+                e.profile_id,
+                e.metric_id,
+                e.datetime.isoformat(),
+                json.dumps(e.event_properties, sort_keys=True),
+            )
+            for e in account.events.values()
+        )
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
@@ -106,10 +125,14 @@ def test_oauth_app_allows_every_klaviyo_scope(demo: Store) -> None:
         client = store.oauth_clients[DEMO_OAUTH_CLIENT_ID]
         assert client.client_secret == DEMO_OAUTH_CLIENT_SECRET
         assert set(client.scopes) == spec_scopes
-        assert {
-            "http://127.0.0.1:8000/oauth/klaviyo/callback",
-            "http://localhost:8000/oauth/klaviyo/callback",
-        } <= set(client.redirect_uris) == set(DEMO_REDIRECT_URIS)
+        assert (
+            {
+                "http://127.0.0.1:8000/oauth/klaviyo/callback",
+                "http://localhost:8000/oauth/klaviyo/callback",
+            }
+            <= set(client.redirect_uris)
+            == set(DEMO_REDIRECT_URIS)
+        )
 
 
 def test_empty_seed_has_two_bare_accounts_with_the_demo_identities() -> None:
@@ -118,14 +141,24 @@ def test_empty_seed_has_two_bare_accounts_with_the_demo_identities() -> None:
     expected = [a for a in DEMO_ACCOUNTS if a.in_empty_seed]
     for account, described in zip(store.accounts.values(), expected, strict=True):
         assert (account.id, account.name, account.private_api_key) == (
-            described.account_id, described.name, described.private_api_key,
+            described.account_id,
+            described.name,
+            described.private_api_key,
         )
         assert ids.SHORT_ID_PATTERN.match(account.id)
         assert re.fullmatch(r"pk_[0-9a-f]{32}", account.private_api_key)
         assert len(account.public_api_key) == 6
         assert account.timezone and account.website_url and account.sender_email
-        for collection in (account.profiles, account.lists, account.segments, account.metrics, account.events,
-                           account.flows, account.campaigns, account.webhooks):
+        for collection in (
+            account.profiles,
+            account.lists,
+            account.segments,
+            account.metrics,
+            account.events,
+            account.flows,
+            account.campaigns,
+            account.webhooks,
+        ):
             assert not collection
 
 
@@ -175,7 +208,10 @@ def test_demo_does_not_depend_on_the_hash_seed(demo: Store) -> None:
     )
     result = subprocess.run(
         [sys.executable, "-c", code, str(Path(__file__).parent)],
-        capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "4242"},
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONHASHSEED": "4242"},
         cwd=Path(__file__).parents[2],
     )
     assert result.stdout.strip() == _fingerprint(demo)
@@ -232,8 +268,10 @@ def test_seeded_profiles_are_exactly_the_demo_people(accounts: list[Account]) ->
             (h.email, h.phone_number, h.external_id, h.first_name, h.last_name) for h in people
         ]
         assert all(p.created == NOW - h.signup_age for p, h in zip(profiles, people, strict=True))
-        assert all(p.location["city"] == h.city and p.location["zip"] == h.zip
-                   for p, h in zip(profiles, people, strict=True))
+        assert all(
+            p.location["city"] == h.city and p.location["zip"] == h.zip
+            for p, h in zip(profiles, people, strict=True)
+        )
         # The identifier indexes are filled.
         assert len(account.by_email) == len(profiles)
         assert len(account.by_external_id) == len(profiles)
@@ -360,8 +398,12 @@ def test_behavioural_segments_follow_the_events(main_accounts: list[Account]) ->
         for event in account.events.values():
             by_profile[event.profile_id].add(event.metric_id)
         for pid in by_name["Engaged 30 days"].members:
-            assert by_profile[pid] & {metric["Opened Email"], metric["Clicked Email"],
-                                      metric["Viewed Product"], metric["Placed Order"]}
+            assert by_profile[pid] & {
+                metric["Opened Email"],
+                metric["Clicked Email"],
+                metric["Viewed Product"],
+                metric["Placed Order"],
+            }
         assert set(by_name["Engaged 30 days"].members) <= set(by_name["Engaged 90 days"].members)
         for pid in by_name["Clicked email, no purchase"].members:
             assert metric["Clicked Email"] in by_profile[pid]
@@ -383,8 +425,14 @@ def test_behavioural_segments_follow_the_events(main_accounts: list[Account]) ->
 def test_metrics(accounts: list[Account]) -> None:
     for account in accounts:
         by_name = {m.name: m for m in account.metrics.values()}
-        for name in ("Received Email", "Opened Email", "Clicked Email", "Bounced Email", "Unsubscribed",
-                     "Subscribed to List"):
+        for name in (
+            "Received Email",
+            "Opened Email",
+            "Clicked Email",
+            "Bounced Email",
+            "Unsubscribed",
+            "Subscribed to List",
+        ):
             assert by_name[name].integration == KLAVIYO_INTEGRATION
         for name in ("Placed Order", "Started Checkout", "Viewed Product"):
             assert by_name[name].integration == SHOPIFY_INTEGRATION
@@ -405,16 +453,21 @@ def test_flows_actions_and_messages_are_consistent(main_accounts: list[Account])
                 action = account.flow_actions[action_id]
                 assert action.flow_id == flow.id and action.id.isdigit()
                 assert action.action_type in ("SEND_EMAIL", "TIME_DELAY")
-                assert action.definition["type"] == {"SEND_EMAIL": "send-email", "TIME_DELAY": "time-delay"}[
-                    action.action_type
-                ]
+                assert (
+                    action.definition["type"]
+                    == {"SEND_EMAIL": "send-email", "TIME_DELAY": "time-delay"}[action.action_type]
+                )
                 if action.action_type == "SEND_EMAIL":
                     assert len(action.message_ids) == 1
                     message = account.flow_messages[action.message_ids[0]]
                     assert message.action_id == action.id and message.channel == "email"
                     assert ids.SHORT_ID_PATTERN.match(message.id)
-                    assert set(message.definition["content"]) >= {"subject", "preview_text", "from_email",
-                                                                  "from_label"}
+                    assert set(message.definition["content"]) >= {
+                        "subject",
+                        "preview_text",
+                        "from_email",
+                        "from_label",
+                    }
                     assert action.definition["data"]["message"]["id"] == message.id
                 else:
                     assert not action.message_ids
@@ -494,8 +547,13 @@ def test_email_events_carry_klaviyo_attribution(main_accounts: list[Account]) ->
             if name not in EMAIL_METRICS:
                 continue
             props = event.event_properties
-            assert props.keys() >= {"$message", "Subject", "Campaign Name", "$message_send_cohort",
-                                    "Email Domain"}
+            assert props.keys() >= {
+                "$message",
+                "Subject",
+                "Campaign Name",
+                "$message_send_cohort",
+                "Email Domain",
+            }
             assert props["Email Domain"] == account.profiles[event.profile_id].email.split("@")[1]
             if name == "Clicked Email":
                 assert props["URL"].startswith("https://")
@@ -516,9 +574,11 @@ def test_email_events_carry_klaviyo_attribution(main_accounts: list[Account]) ->
         for source in ("flow", "campaign"):
             for name in ("Received Email", "Opened Email", "Clicked Email"):
                 assert seen[(source, name)] > 0, (source, name)
-        assert seen[("campaign", "Received Email")] > seen[("campaign", "Opened Email")] > seen[
-            ("campaign", "Clicked Email")
-        ]
+        assert (
+            seen[("campaign", "Received Email")]
+            > seen[("campaign", "Opened Email")]
+            > seen[("campaign", "Clicked Email")]
+        )
 
 
 def test_email_is_only_sent_to_people_who_can_receive_it(accounts: list[Account]) -> None:
@@ -584,7 +644,9 @@ def test_describe_store(demo: Store) -> None:
     assert first["private_api_key"] == account.private_api_key
     assert first["public_api_key"] == account.public_api_key
     assert (first["profiles"], first["events"], first["segments"]) == (
-        len(account.profiles), len(account.events), len(account.segments),
+        len(account.profiles),
+        len(account.events),
+        len(account.segments),
     )
     assert {"lists", "flows", "campaigns", "metrics", "name"} <= set(first)
     json.dumps(summary)

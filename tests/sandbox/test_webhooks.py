@@ -774,3 +774,16 @@ def test_stopping_the_sandbox_does_not_hang_on_a_slow_receiver(
     wait_until(lambda: running.sandbox.webhooks.stopped, timeout=5)
     assert time.monotonic() - started < 3  # one second of grace for the in-flight POST, then cancelled
     hook_api.close()
+
+
+def test_publish_from_another_thread_hops_onto_the_server_loop(
+    running: RunningSandbox, api: KlaviyoTestClient, account_id: str, receiver: Callable
+) -> None:
+    rx = receiver()
+    create_webhook(api, rx.url, [RECEIVED])
+    account = running.sandbox.store.accounts[account_id]
+    metric = account.metric_by_name("Received Email")
+    seeded = [e for e in account.events.values() if e.metric_id == metric.id][:3]
+    running.sandbox.webhooks.publish(account, seeded)  # from the test thread, not the event loop
+    wait_until(lambda: rx.requests)
+    assert rx.event_ids() == [e.id for e in seeded]
