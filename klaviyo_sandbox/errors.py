@@ -7,7 +7,10 @@ Klaviyo would send. Titles and codes follow the reference's observed values.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 _TITLES = {
     400: ("invalid", "Invalid input."),
@@ -102,3 +105,11 @@ def not_authenticated() -> ApiError:
 def permission_denied(detail: str = "You do not have permission to perform this action.") -> ApiError:
     """403 ``permission_denied``."""
     return ApiError(403, detail)
+
+
+def find_or_404(records: Mapping[str, T], record_id: str, resource: str) -> T:
+    """The record with this id (in the caller's account's mapping), or Klaviyo's 404 naming it."""
+    record = records.get(record_id)
+    if record is None:
+        raise not_found(resource, record_id)
+    return record

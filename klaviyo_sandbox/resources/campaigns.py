@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from klaviyo_sandbox.app import handler
-from klaviyo_sandbox.errors import invalid, not_found
+from klaviyo_sandbox.errors import find_or_404, invalid
 from klaviyo_sandbox.filters import matches
 from klaviyo_sandbox.jsonapi import (
     Context,
@@ -63,18 +63,12 @@ _PRIMARY_TYPES = {
 
 def get_account_campaign(account: Account, campaign_id: str) -> Campaign:
     """The campaign with this id in the caller's account, or 404."""
-    campaign = account.campaigns.get(campaign_id)
-    if campaign is None:
-        raise not_found("Campaign", campaign_id)
-    return campaign
+    return find_or_404(account.campaigns, campaign_id, "Campaign")
 
 
 def get_account_campaign_message(account: Account, message_id: str) -> CampaignMessage:
     """The campaign message with this id in the caller's account, or 404."""
-    message = account.campaign_messages.get(message_id)
-    if message is None:
-        raise not_found("CampaignMessage", message_id)
-    return message
+    return find_or_404(account.campaign_messages, message_id, "CampaignMessage")
 
 
 def campaign_messages(account: Account, campaign: Campaign) -> list[CampaignMessage]:

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from klaviyo_sandbox.app import handler
-from klaviyo_sandbox.errors import invalid, not_found
+from klaviyo_sandbox.errors import find_or_404, invalid, not_found
 from klaviyo_sandbox.filters import Condition, matches
 from klaviyo_sandbox.jsonapi import (
     Context,
@@ -169,10 +169,7 @@ def _included(ctx: Context, events: Sequence[Event]) -> list[dict[str, Any]]:
 
 def get_account_event(account: Account, event_id: str) -> Event:
     """The event with this id in the caller's account, or 404."""
-    event = account.events.get(event_id)
-    if event is None:
-        raise not_found("Event", event_id)
-    return event
+    return find_or_404(account.events, event_id, "Event")
 
 
 # ---------------------------------------------------------------------------- query

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from klaviyo_sandbox.app import handler
-from klaviyo_sandbox.errors import not_found
+from klaviyo_sandbox.errors import find_or_404
 from klaviyo_sandbox.filters import matches
 from klaviyo_sandbox.jsonapi import Context, iso, paginate, relationship, resource, single, sort_key_value
 from klaviyo_sandbox.store import Account, Flow, FlowAction, FlowMessage
@@ -114,26 +114,17 @@ _ALIASES = {
 
 def get_account_flow(account: Account, flow_id: str) -> Flow:
     """The flow with this id in the caller's account, or 404."""
-    flow = account.flows.get(flow_id)
-    if flow is None:
-        raise not_found("Flow", flow_id)
-    return flow
+    return find_or_404(account.flows, flow_id, "Flow")
 
 
 def get_account_flow_action(account: Account, action_id: str) -> FlowAction:
     """The flow action with this id in the caller's account, or 404."""
-    action = account.flow_actions.get(action_id)
-    if action is None:
-        raise not_found("FlowAction", action_id)
-    return action
+    return find_or_404(account.flow_actions, action_id, "FlowAction")
 
 
 def get_account_flow_message(account: Account, message_id: str) -> FlowMessage:
     """The flow message with this id in the caller's account, or 404."""
-    message = account.flow_messages.get(message_id)
-    if message is None:
-        raise not_found("FlowMessage", message_id)
-    return message
+    return find_or_404(account.flow_messages, message_id, "FlowMessage")
 
 
 def flow_actions(account: Account, flow: Flow) -> list[FlowAction]:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from klaviyo_sandbox.app import handler
-from klaviyo_sandbox.errors import ApiError, invalid, not_found
+from klaviyo_sandbox.errors import ApiError, find_or_404, invalid
 from klaviyo_sandbox.filters import Condition, matches
 from klaviyo_sandbox.jsonapi import (
     Context,
@@ -95,10 +95,7 @@ def get_group(ctx: Context) -> Group:
     kind = _kind(ctx)
     group_id = ctx.path_params["id"]
     groups = ctx.account.lists if kind == "list" else ctx.account.segments
-    group = groups.get(group_id)
-    if group is None:
-        raise not_found("List" if kind == "list" else "Segment", group_id)
-    return group
+    return find_or_404(groups, group_id, "List" if kind == "list" else "Segment")
 
 
 def _group_getter(group: Group) -> Any:

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from klaviyo_sandbox.app import handler
-from klaviyo_sandbox.errors import invalid, not_found
+from klaviyo_sandbox.errors import find_or_404, invalid
 from klaviyo_sandbox.filters import matches
 from klaviyo_sandbox.jsonapi import (
     Context,
@@ -30,14 +30,20 @@ from klaviyo_sandbox.jsonapi import (
     sparse,
 )
 from klaviyo_sandbox.resources.groups import render_list
-from klaviyo_sandbox.resources.profiles import render_profile, valid_e164, valid_email
+from klaviyo_sandbox.resources.profiles import (
+    IDENTIFIERS,
+    apply_attributes,
+    apply_patch_properties,
+    duplicate_of,
+    render_profile,
+    valid_e164,
+    valid_email,
+)
 from klaviyo_sandbox.store import Account, BulkImportJob, KList, Profile, utcnow
 
 MAX_PROFILES_PER_JOB = 10_000
 MAX_PROFILE_BYTES = 100 * 1024
 JOB_RETENTION = timedelta(days=7)
-IDENTIFIERS = ("email", "phone_number", "external_id")
-_PLAIN_ATTRIBUTES = ("first_name", "last_name", "organization", "locale", "title", "image")
 _POINTER = "/data/attributes/profiles/data"
 
 
@@ -96,10 +102,7 @@ def render_import_error(ctx: Context, error: dict[str, Any]) -> dict[str, Any]:
 
 def get_account_job(account: Account, job_id: str) -> BulkImportJob:
     """The bulk import job with this id in the caller's account, or 404."""
-    job = account.bulk_import_jobs.get(job_id)
-    if job is None:
-        raise not_found("Profile bulk import job", job_id)
-    return job
+    return find_or_404(account.bulk_import_jobs, job_id, "Profile bulk import job")
 
 
 # ---------------------------------------------------------------------------- import
@@ -113,18 +116,6 @@ class _Rejected(Exception):
         self.detail = detail
         self.pointer = pointer
         self.code = code
-
-
-def _index_for(account: Account, name: str) -> dict[str, str]:
-    return {
-        "email": account.by_email,
-        "phone_number": account.by_phone,
-        "external_id": account.by_external_id,
-    }[name]
-
-
-def _index_key(name: str, value: str) -> str:
-    return value.lower() if name == "email" else value
 
 
 def _check(item: dict[str, Any], pointer: str) -> dict[str, Any]:
@@ -161,48 +152,21 @@ def _match(
 def _apply(
     account: Account, profile: Profile, attributes: dict[str, Any], meta: dict[str, Any] | None, pointer: str
 ) -> None:
-    """Upsert the attributes into ``profile``, keeping the identifier indexes right in O(1)."""
-    for name in IDENTIFIERS:
-        value = attributes.get(name)
-        if not value:
-            continue
-        owner = _index_for(account, name).get(_index_key(name, value))
-        if owner is not None and owner != profile.id:
-            raise _Rejected(
-                f"Another profile ({owner}) already has this {name}.",
-                f"{pointer}/attributes/{name}",
-                code="duplicate_profile",
-            )
-    for name in IDENTIFIERS:
-        value = attributes.get(name)
-        if not value or value == getattr(profile, name):
-            continue
-        index = _index_for(account, name)
-        old = getattr(profile, name)
-        if old and index.get(_index_key(name, old)) == profile.id:
-            del index[_index_key(name, old)]
-        setattr(profile, name, value)
-        index[_index_key(name, value)] = profile.id
-    for name in _PLAIN_ATTRIBUTES:
-        if name in attributes:
-            setattr(profile, name, attributes[name])
-    if "location" in attributes:
-        merged = {**profile.location, **(attributes["location"] or {})}
-        profile.location = {k: v for k, v in merged.items() if v is not None}
-    if "properties" in attributes:
-        profile.properties = {**profile.properties, **(attributes["properties"] or {})}
-    patch = (meta or {}).get("patch_properties") or {}
-    for key, value in (patch.get("append") or {}).items():
-        current = profile.properties.get(key)
-        current = current if isinstance(current, list) else ([] if current is None else [current])
-        profile.properties[key] = [*current, value]
-    for key, value in (patch.get("unappend") or {}).items():
-        current = profile.properties.get(key)
-        if isinstance(current, list):
-            profile.properties[key] = [v for v in current if v != value]
-    unset = patch.get("unset") or []
-    for key in [unset] if isinstance(unset, str) else unset:
-        profile.properties.pop(key, None)
+    """Upsert the attributes into ``profile`` (the same rules as profile-import), or reject the item."""
+    duplicate = duplicate_of(account, attributes, exclude=profile.id)
+    if duplicate is not None:
+        name = next(
+            n
+            for n in IDENTIFIERS
+            if attributes.get(n) and account.find_profile(**{n: attributes[n]}) is duplicate
+        )
+        raise _Rejected(
+            f"Another profile ({duplicate.id}) already has this {name}.",
+            f"{pointer}/attributes/{name}",
+            code="duplicate_profile",
+        )
+    apply_attributes(profile, attributes, partial=True)
+    apply_patch_properties(profile, meta)
 
 
 def _job_lists(ctx: Context, data: dict[str, Any]) -> list[KList]:
@@ -264,10 +228,10 @@ def run_import(ctx: Context, items: list[dict[str, Any]], lists: list[KList], no
             if profile is None:
                 profile = Profile(id=_new_profile_id(ctx), created=now, updated=now)
                 _apply(account, profile, attributes, item.get("meta"), pointer)
-                account.profiles[profile.id] = profile
+                account.add_profile(profile)
             else:
                 _apply(account, profile, attributes, item.get("meta"), pointer)
-                profile.updated = now
+                account.index_profile(profile)
         except _Rejected as rejected:
             job.errors.append(_new_error(ctx, rejected, item))
             job.failed_count += 1

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from klaviyo_sandbox.app import handler
-from klaviyo_sandbox.errors import not_found
+from klaviyo_sandbox.errors import find_or_404
 from klaviyo_sandbox.filters import matches
 from klaviyo_sandbox.jsonapi import Context, iso, paginate, relationship, resource, single, sort_key_value
 from klaviyo_sandbox.store import Account, Metric
@@ -50,10 +50,7 @@ def render_metric(ctx: Context, metric: Metric) -> dict[str, Any]:
 
 def get_account_metric(account: Account, metric_id: str) -> Metric:
     """The metric with this id in the caller's account, or 404."""
-    metric = account.metrics.get(metric_id)
-    if metric is None:
-        raise not_found("Metric", metric_id)
-    return metric
+    return find_or_404(account.metrics, metric_id, "Metric")
 
 
 def _metric_getter(metric: Metric) -> Callable[[str], Any]:

@@ -9,7 +9,7 @@ from typing import Any
 import phonenumbers
 
 from klaviyo_sandbox.app import handler
-from klaviyo_sandbox.errors import invalid, not_found
+from klaviyo_sandbox.errors import find_or_404, invalid
 from klaviyo_sandbox.filters import matches
 from klaviyo_sandbox.jsonapi import (
     Context,
@@ -219,10 +219,7 @@ def _lower_email_filters(ctx: Context) -> None:
 
 def get_account_profile(account: Account, profile_id: str) -> Profile:
     """The profile with this id in the caller's account, or 404."""
-    profile = account.profiles.get(profile_id)
-    if profile is None:
-        raise not_found("Profile", profile_id)
-    return profile
+    return find_or_404(account.profiles, profile_id, "Profile")
 
 
 # ---------------------------------------------------------------------------- reads
@@ -307,7 +304,11 @@ def get_group_ids_for_profile(ctx: Context) -> tuple[int, Any]:
 # ---------------------------------------------------------------------------- writes
 
 
-def _apply_attributes(profile: Profile, attributes: dict[str, Any], *, partial: bool) -> None:
+def apply_attributes(profile: Profile, attributes: dict[str, Any], *, partial: bool) -> None:
+    """Write request attributes onto a profile (``partial``: merge location and properties).
+
+    The caller re-indexes identifiers with ``account.index_profile`` afterwards.
+    """
     for name in (*IDENTIFIERS, *_PLAIN_ATTRIBUTES):
         if name in attributes:
             setattr(profile, name, attributes[name])
@@ -321,7 +322,8 @@ def _apply_attributes(profile: Profile, attributes: dict[str, Any], *, partial: 
     profile.updated = utcnow()
 
 
-def _apply_patch_properties(profile: Profile, meta: dict[str, Any] | None) -> None:
+def apply_patch_properties(profile: Profile, meta: dict[str, Any] | None) -> None:
+    """Apply ``meta.patch_properties`` (append, unappend, unset) to custom properties."""
     patch = (meta or {}).get("patch_properties") or {}
     for key, value in (patch.get("append") or {}).items():
         current = profile.properties.get(key)
@@ -331,11 +333,13 @@ def _apply_patch_properties(profile: Profile, meta: dict[str, Any] | None) -> No
         current = profile.properties.get(key)
         if isinstance(current, list):
             profile.properties[key] = [v for v in current if v != value]
-    for key in patch.get("unset") or []:
+    unset = patch.get("unset") or []
+    for key in [unset] if isinstance(unset, str) else unset:
         profile.properties.pop(key, None)
 
 
-def _duplicate_of(account: Account, attributes: dict[str, Any], exclude: str | None = None) -> Profile | None:
+def duplicate_of(account: Account, attributes: dict[str, Any], exclude: str | None = None) -> Profile | None:
+    """Another profile already holding one of these identifiers (``exclude``: the one being updated)."""
     for name in IDENTIFIERS:
         value = attributes.get(name)
         if not value:
@@ -350,7 +354,7 @@ def new_profile(ctx: Context, attributes: dict[str, Any]) -> Profile:
     """Create, index and return a profile from request attributes (consent stays never-subscribed)."""
     now = utcnow()
     profile = Profile(id=ctx.store.new_id("ulid"), created=now, updated=now)
-    _apply_attributes(profile, attributes, partial=False)
+    apply_attributes(profile, attributes, partial=False)
     return ctx.account.add_profile(profile)
 
 
@@ -362,7 +366,7 @@ def create_profile(ctx: Context) -> tuple[int, Any]:
     if not any(attributes.get(name) for name in IDENTIFIERS):
         raise invalid("One of email, phone_number or external_id is required.", pointer="/data/attributes")
     check_identifiers(attributes, "/data/attributes")
-    duplicate = _duplicate_of(ctx.account, attributes)
+    duplicate = duplicate_of(ctx.account, attributes)
     if duplicate is not None:
         raise conflict(
             "A profile already exists with one of these identifiers.", {"duplicate_profile_id": duplicate.id}
@@ -381,13 +385,13 @@ def update_profile(ctx: Context) -> tuple[int, Any]:
     profile = get_account_profile(ctx.account, profile_id)
     attributes = data.get("attributes") or {}
     check_identifiers(attributes, "/data/attributes")
-    duplicate = _duplicate_of(ctx.account, attributes, exclude=profile.id)
+    duplicate = duplicate_of(ctx.account, attributes, exclude=profile.id)
     if duplicate is not None:
         raise conflict(
             "A profile already exists with one of these identifiers.", {"duplicate_profile_id": duplicate.id}
         )
-    _apply_attributes(profile, attributes, partial=True)
-    _apply_patch_properties(profile, data.get("meta"))
+    apply_attributes(profile, attributes, partial=True)
+    apply_patch_properties(profile, data.get("meta"))
     ctx.account.index_profile(profile)
     return 200, single(ctx, render_profile(ctx, profile))
 
@@ -406,17 +410,17 @@ def create_or_update_profile(ctx: Context) -> tuple[int, Any]:
             raise invalid(
                 "One of email, phone_number or external_id is required.", pointer="/data/attributes"
             )
-        profile = _duplicate_of(ctx.account, attributes)
+        profile = duplicate_of(ctx.account, attributes)
     if profile is None:
         profile = new_profile(ctx, attributes)
-        _apply_patch_properties(profile, data.get("meta"))
+        apply_patch_properties(profile, data.get("meta"))
         return 201, single(ctx, render_profile(ctx, profile))
-    duplicate = _duplicate_of(ctx.account, attributes, exclude=profile.id)
+    duplicate = duplicate_of(ctx.account, attributes, exclude=profile.id)
     if duplicate is not None:
         raise conflict(
             "A profile already exists with one of these identifiers.", {"duplicate_profile_id": duplicate.id}
         )
-    _apply_attributes(profile, attributes, partial=True)
-    _apply_patch_properties(profile, data.get("meta"))
+    apply_attributes(profile, attributes, partial=True)
+    apply_patch_properties(profile, data.get("meta"))
     ctx.account.index_profile(profile)
     return 200, single(ctx, render_profile(ctx, profile))

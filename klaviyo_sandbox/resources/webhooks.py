@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from klaviyo_sandbox.app import handler
-from klaviyo_sandbox.errors import ApiError, invalid, not_found
+from klaviyo_sandbox.errors import ApiError, find_or_404, invalid
 from klaviyo_sandbox.jsonapi import Context, dedupe, iso, require_linkage, resource, single
 from klaviyo_sandbox.store import Webhook, utcnow
 from klaviyo_sandbox.webhooks_out import (
@@ -65,10 +65,7 @@ def _included(ctx: Context, hooks: list[Webhook]) -> list[dict[str, Any]]:
 
 def _find(ctx: Context) -> Webhook:
     webhook_id = ctx.path_params["id"]
-    hook = ctx.account.webhooks.get(webhook_id)
-    if hook is None:
-        raise not_found("Webhook", webhook_id)
-    return hook
+    return find_or_404(ctx.account.webhooks, webhook_id, "Webhook")
 
 
 # ---------------------------------------------------------------------------- validation
