@@ -258,7 +258,8 @@ def _apply_group(
     finally:
         conn.unregister("incoming_members")
     member_count = conn.execute(
-        "select count(*) from klaviyo.raw_group_members where account_id = ? and group_id = ? and valid_to is null",
+        "select count(*) from klaviyo.raw_group_members"
+        " where account_id = ? and group_id = ? and valid_to is null",
         key,
     ).fetchone()[0]
     watermark = max((m.joined_group_at for m in extract.members if m.joined_group_at), default=None)

@@ -29,7 +29,8 @@ def member(pid: str, joined: datetime, email: str | None = None) -> MemberRow:
 
 def current(conn, account="A", group="S1") -> set[str]:
     rows = conn.execute(
-        "select profile_id from klaviyo.raw_group_members where account_id=? and group_id=? and valid_to is null",
+        "select profile_id from klaviyo.raw_group_members"
+        " where account_id = ? and group_id = ? and valid_to is null",
         [account, group],
     ).fetchall()
     return {r[0] for r in rows}
@@ -71,7 +72,8 @@ def test_rejoin_closes_the_old_spell_and_opens_a_new_one(db):
         [change] = load_account_sync(conn, "A", catalog, [GroupExtract("S1", "segment", [rejoined])], DAY2)
         assert change.member_count == 1 and change.joins == 1 and change.leaves == 1
         spells = conn.execute(
-            "select valid_from, valid_to from klaviyo.raw_group_members where profile_id='p1' order by valid_from"
+            "select valid_from, valid_to from klaviyo.raw_group_members"
+            " where profile_id = 'p1' order by valid_from"
         ).fetchall()
         assert spells[0][1] == rejoined.joined_group_at and spells[1][1] is None
 
