@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import logging
 import random
 import re
 from collections import deque
@@ -40,8 +40,11 @@ from klaviyo_sandbox.jsonapi import Caller, Context
 from klaviyo_sandbox.ratelimit import RateLimiter
 from klaviyo_sandbox.store import Store, utcnow
 
+logger = logging.getLogger("klaviyo_sandbox")
+
 JSONAPI = "application/vnd.api+json"
-MAX_BODY_BYTES = 5 * 1024 * 1024
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"]
+MAX_BODY_BYTES = spec.DEFAULT_MAX_BODY_BYTES  # per operation: Operation.max_body_bytes
 STATE_FLUSH_SECONDS = 5.0
 _PATH_ID = re.compile(r"^[A-Za-z0-9._:$\-]{1,128}$")
 _REVISION = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(\.[A-Za-z0-9]+)?$")
@@ -114,16 +117,22 @@ class SandboxApp:
         self.dirty = True
 
     def flush_state(self) -> None:
-        """Write the store to ``--state`` now if anything changed since the last write."""
+        """Write the store to ``--state`` now if anything changed since the last write.
+
+        ``dirty`` is cleared only once the write succeeded, so a failed write is retried.
+        """
         if self.state_path and self.dirty:
-            self.dirty = False
             self.store.save(self.state_path)
+            self.dirty = False
 
     async def flush_periodically(self, every_seconds: float = STATE_FLUSH_SECONDS) -> None:
-        """Background task: write changed state every few seconds."""
+        """Background task: write changed state every few seconds (a failed write never stops it)."""
         while True:
             await asyncio.sleep(every_seconds)
-            self.flush_state()
+            try:
+                self.flush_state()
+            except Exception:
+                logger.exception("could not write the sandbox state to %s; will retry", self.state_path)
 
 
 def _revision_ok(value: str | None) -> str | None:
@@ -235,20 +244,25 @@ async def _read_body(request: Request, op: spec.Operation) -> Any:
         raise ApiError(415, f"Unsupported media type '{content_type or 'none'}'; use {JSONAPI}.")
     if request.headers.get("content-encoding") not in (None, "", "identity"):
         raise ApiError(415, "Unsupported Content-Encoding.")
+    limit = op.max_body_bytes
+    too_large = ApiError(413, f"The maximum allowed payload size is {_size_label(limit)}.", pointer="/data")
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise ApiError(413, "The request body is larger than 5 MB.")
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise too_large
     chunks = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise ApiError(413, "The request body is larger than 5 MB.")
+        if size > limit:
+            raise too_large
         chunks.append(chunk)
     raw = b"".join(chunks)
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        # orjson, not json: it rejects what Klaviyo's parser rejects and what would break us later
+        # (NaN/Infinity, lone surrogates, nesting deeper than 1024, integers with thousands of
+        # digits), and it turns integers beyond 64 bits into floats, which responses can encode.
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise invalid(f"Malformed JSON: {exc}.", pointer="/data") from exc
     if op.request_schema_ref:
         error = next(iter(spec.validator(op.request_schema_ref).iter_errors(body)), None)
@@ -256,6 +270,10 @@ async def _read_body(request: Request, op: spec.Operation) -> Any:
             pointer = "/" + "/".join(str(part) for part in error.absolute_path)
             raise invalid(_schema_message(error), pointer=pointer)
     return body
+
+
+def _size_label(limit: int) -> str:
+    return f"{limit // (1024 * 1024)}MB" if limit % (1024 * 1024) == 0 else f"{limit // 1024}KB"
 
 
 def _schema_message(error: Any) -> str:
@@ -304,6 +322,9 @@ async def api_endpoint(request: Request) -> Response:
         response = await _api(request, sandbox, path, log, drop)
     except ApiError as error:
         response = _error_response(error)
+    except Exception:  # a sandbox bug: still Klaviyo's 500 body, and the connection stays usable
+        logger.exception("unhandled error in %s %s", request.method, path)
+        response = _error_response(ApiError(500, "An unexpected error occurred."))
     log["status"] = response.status_code
     sandbox.request_log.append(log)
     if drop[0]:
@@ -317,7 +338,8 @@ async def _api(
     op, path_params, path_exists = spec.match(request.method, path)
     if op is None:
         if path_exists:
-            raise ApiError(405, f'Method "{request.method}" not allowed.')
+            allowed = ", ".join(spec.methods_for(path))
+            raise ApiError(405, f'Method "{request.method}" not allowed.', headers={"Allow": allowed})
         raise ApiError(404, f"The path {path} was not found.")
     log["operation_id"] = op.operation_id
     for name, value in path_params.items():
@@ -347,6 +369,9 @@ async def _api(
             pointer="/data",
             meta={},
             headers=decision.headers,
+            links={
+                "type": "https://developers.klaviyo.com/en/docs/rate_limits_and_error_handling#rate-limits"
+            },
         )
     try:
         _check_scopes(op, caller)
@@ -413,8 +438,10 @@ def build_app(sandbox: SandboxApp) -> Starlette:
     routes = [
         *oauth.routes(),
         *control.routes(),
-        Route("/api/{rest:path}", api_endpoint, methods=["GET", "POST", "PATCH", "PUT", "DELETE"]),
-        Route("/{rest:path}", not_found_endpoint, methods=["GET", "POST", "PATCH", "PUT", "DELETE"]),
+        # Every method reaches the pipeline, so OPTIONS, TRACE and the like get Klaviyo's 405
+        # body rather than Starlette's plain-text one.
+        Route("/api/{rest:path}", api_endpoint, methods=ALL_METHODS),
+        Route("/{rest:path}", not_found_endpoint, methods=ALL_METHODS),
     ]
 
     @contextlib.asynccontextmanager

@@ -10,10 +10,11 @@ errors are ``{"error": "…"}`` with a 4xx status.
 from __future__ import annotations
 
 import dataclasses
-import json
-from datetime import datetime
+import logging
+from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -22,6 +23,8 @@ from klaviyo_sandbox import ids
 from klaviyo_sandbox.jsonapi import iso
 from klaviyo_sandbox.ratelimit import parse_mode
 from klaviyo_sandbox.store import Account, Group, KList, Profile, Segment, Store, utcnow
+
+logger = logging.getLogger("klaviyo_sandbox.control")
 
 
 class ControlError(Exception):
@@ -50,8 +53,8 @@ async def _json(request: Request) -> dict[str, Any]:
     if not raw:
         return {}
     try:
-        body = json.loads(raw)
-    except json.JSONDecodeError as exc:
+        body = orjson.loads(raw)  # like /api/: no NaN, no lone surrogates, no unbounded nesting
+    except orjson.JSONDecodeError as exc:
         raise ControlError(400, f"malformed JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise ControlError(400, "the body must be a JSON object")
@@ -66,6 +69,15 @@ def _endpoint(func: Any) -> Any:
             result = await func(request)
         except ControlError as error:
             return JSONResponse({"error": error.message}, status_code=error.status)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            # A member of the wrong shape (a string where a list of refs belongs, …): these
+            # handlers read their JSON directly, so such errors can only come from the input.
+            return JSONResponse(
+                {"error": f"malformed request body: {type(exc).__name__}: {exc}"[:500]}, status_code=400
+            )
+        except Exception:
+            logger.exception("control API error in %s %s", request.method, request.url.path)
+            return JSONResponse({"error": "internal sandbox error (logged)"}, status_code=500)
         if request.method != "GET":
             _sandbox(request).save_state()
         status, body = result if isinstance(result, tuple) else (200, result)
@@ -164,6 +176,8 @@ async def reseed(request: Request) -> dict[str, Any]:
         raise ControlError(400, str(exc)) from exc
     store.access_token_ttl_seconds = sandbox.store.access_token_ttl_seconds
     sandbox.store = store
+    if sandbox.webhooks is not None:  # events of the old world must not reach the new one's webhooks
+        sandbox.webhooks.discard_all()
     sandbox.limiter.reset()
     sandbox.request_log.clear()
     return {"data": [account_summary(store, a) for a in store.accounts.values()]}
@@ -174,8 +188,8 @@ async def create_account(request: Request) -> tuple[int, dict[str, Any]]:
     """Add an empty account (``name``, optional ``sms_enabled``, ``advanced_kdp``, ``test_account``)."""
     body = await _json(request)
     store = _sandbox(request).store
-    if not body.get("name"):
-        raise ControlError(400, "an account needs a 'name'")
+    if not body.get("name") or not isinstance(body["name"], str):
+        raise ControlError(400, "an account needs a 'name' (a string)")
     account = Account(
         id=ids.short_id(store.rng),
         name=body["name"],
@@ -204,7 +218,24 @@ async def create_profiles(request: Request) -> tuple[int, dict[str, Any]]:
     store = _sandbox(request).store
     created = []
     now = utcnow()
-    for raw in body.get("profiles") or []:
+    raws = body.get("profiles") or []
+    if not isinstance(raws, list):
+        raise ControlError(400, "'profiles' must be a list of objects")
+    # Check every item before creating any, so a bad item leaves the account untouched and
+    # nothing is stored that the /api/ renderers could not render.
+    for n, raw in enumerate(raws):
+        if not isinstance(raw, dict):
+            raise ControlError(400, f"profiles[{n}] must be an object")
+        for name in ("email", "phone_number", "external_id", "first_name", "last_name"):
+            if raw.get(name) is not None and not isinstance(raw[name], str):
+                raise ControlError(400, f"profiles[{n}].{name} must be a string")
+        if raw.get("properties") is not None and not isinstance(raw["properties"], dict):
+            raise ControlError(400, f"profiles[{n}].properties must be an object")
+        if raw.get("email_consent") not in (None, "SUBSCRIBED", "UNSUBSCRIBED", "NEVER_SUBSCRIBED"):
+            raise ControlError(
+                400, f"profiles[{n}].email_consent must be SUBSCRIBED, UNSUBSCRIBED or NEVER_SUBSCRIBED"
+            )
+    for raw in raws:
         existing = account.find_profile(raw.get("email"), raw.get("phone_number"), raw.get("external_id"))
         if existing is not None:
             created.append(existing.id)
@@ -259,7 +290,10 @@ def _parse_time(value: Any, field: str) -> datetime | None:
         raise ControlError(400, f"{field} must be an ISO datetime") from exc
     if parsed.tzinfo is None:
         raise ControlError(400, f"{field} must carry a timezone")
-    return parsed
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError as exc:  # 0001-01-01T00:00+01:00 has no UTC instant; it would break reads
+        raise ControlError(400, f"{field} is out of range") from exc
 
 
 @_endpoint
@@ -268,8 +302,14 @@ async def create_group(request: Request) -> tuple[int, dict[str, Any]]:
     account = _account(request)
     kind = request.path_params["kind"]
     body = await _json(request)
-    if not body.get("name"):
-        raise ControlError(400, "a group needs a 'name'")
+    if not body.get("name") or not isinstance(body["name"], str):
+        raise ControlError(400, "a group needs a 'name' (a string)")
+    if body.get("opt_in_process", "single_opt_in") not in ("single_opt_in", "double_opt_in"):
+        raise ControlError(400, "'opt_in_process' must be single_opt_in or double_opt_in")
+    if body.get("definition") is not None and not isinstance(body["definition"], dict):
+        raise ControlError(400, "'definition' must be an object")
+    if not isinstance(body.get("members") or [], list):
+        raise ControlError(400, "'members' must be a list of profile refs")
     store = _sandbox(request).store
     now = utcnow()
     group: Group

@@ -42,6 +42,7 @@ class ApiError(Exception):
         parameter: str | None = None,
         meta: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        links: dict[str, str] | None = None,
     ) -> None:
         super().__init__(detail)
         default_code, default_title = _TITLES.get(status, ("error", "Error."))
@@ -53,6 +54,7 @@ class ApiError(Exception):
         self.parameter = parameter
         self.meta = meta
         self.headers = headers or {}
+        self.links = links
 
     def body(self) -> dict[str, Any]:
         """The JSON error document."""
@@ -67,6 +69,8 @@ class ApiError(Exception):
             error["source"] = {"pointer": self.pointer}
         elif self.parameter is not None:
             error["source"] = {"parameter": self.parameter}
+        if self.links is not None:
+            error["links"] = self.links
         if self.meta is not None:
             error["meta"] = self.meta
         return {"errors": [error]}

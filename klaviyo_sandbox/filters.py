@@ -280,7 +280,10 @@ def _bare_literal(token: str, error: Callable[[str], FilterError]) -> Any:
             raise error(f"'{token}' is not a valid ISO-8601 datetime.")
         return parsed
     if _INT_RE.fullmatch(token):
-        return int(token)
+        try:
+            return int(token)
+        except ValueError as exc:  # more digits than Python converts (sys.get_int_max_str_digits)
+            raise error(f"'{token[:40]}…' is not a valid number.") from exc
     if _FLOAT_RE.fullmatch(token):
         return float(token)
     raise error(f"Unquoted value '{token}': strings must be enclosed in quotes.")
@@ -292,10 +295,9 @@ def _parse_datetime(text: str) -> datetime | None:
     if candidate[-1:] in ("z", "Z"):
         candidate = candidate[:-1] + "+00:00"
     try:
-        parsed = datetime.fromisoformat(candidate)
-    except ValueError:
+        return _aware(datetime.fromisoformat(candidate))
+    except (ValueError, OverflowError):  # OverflowError: no UTC instant (0001-01-01T00:00+05:00)
         return None
-    return _aware(parsed)
 
 
 def _aware(value: datetime) -> datetime:

@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import orjson
+
 from klaviyo_sandbox.errors import ApiError, invalid
 from klaviyo_sandbox.filters import Condition
 from klaviyo_sandbox.spec import Operation
@@ -93,9 +95,11 @@ def parse_datetime(value: str, pointer: str) -> datetime:
     """Parse an ISO datetime from a request body (naive = UTC), or 400 naming the member."""
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except (TypeError, ValueError) as exc:
+        # Stored in UTC: an instant that has no UTC rendering (0001-01-01T00:00+01:00) is refused
+        # here rather than breaking every later read that renders it.
+        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except (AttributeError, TypeError, ValueError, OverflowError) as exc:
         raise invalid(f"'{value}' is not a valid datetime.", pointer=pointer) from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 # ---------------------------------------------------------------------------- resources
@@ -197,7 +201,7 @@ def decode_cursor(cursor: str) -> tuple[Any, ...]:
         cursor = parse_qs(urlsplit(cursor).query).get("page[cursor]", [""])[0]
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        value = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        value = orjson.loads(base64.urlsafe_b64decode(padded.encode()))
         if not isinstance(value, list):
             raise ValueError("not a list")
     except (binascii.Error, ValueError, UnicodeDecodeError) as exc:

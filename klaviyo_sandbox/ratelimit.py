@@ -66,8 +66,9 @@ class RateLimiter:
             return Decision(False, {"Retry-After": str(max(1, math.ceil(retry_after)))})
 
         header_parts: list[str] = []
-        remaining_first: int | None = None
-        reset_first = 0
+        # The binding window (closest to exhaustion; on a tie the one that resets last) names the
+        # first number of RateLimit-Limit, and RateLimit-Remaining/Reset describe that same window.
+        binding: tuple[int, int, int] | None = None  # (remaining, -reset, allowed)
         for index, (key, limit) in enumerate(buckets):
             for window, allowed in self._limits(limit):
                 start = int(now // window) * window
@@ -77,18 +78,23 @@ class RateLimiter:
                 self._counts[bucket] = (start, count)
                 if index == 0:
                     header_parts.append(f"{allowed};w={window}")
-                    remaining = allowed - count
-                    if remaining_first is None or remaining < remaining_first:
-                        remaining_first = remaining
-                        reset_first = math.ceil(start + window - now) if remaining == 0 else 0
-        first_burst = self._limits(buckets[0][1])[0][1]
+                    remaining = max(0, allowed - count)
+                    left = start + window - now
+                    # Whole seconds until the window resets: rounded down while requests remain
+                    # (Klaviyo sends 0 within the current second), up once exhausted, so a client
+                    # waiting that long is admitted.
+                    reset = math.ceil(left) if remaining == 0 else math.floor(left)
+                    candidate = (remaining, -reset, allowed)
+                    if binding is None or candidate[:2] < binding[:2]:
+                        binding = candidate
+        assert binding is not None
         return Decision(
             True,
             {
                 # IETF-draft style as Klaviyo sends it: "75, 75;w=1, 750;w=60".
-                "RateLimit-Limit": ", ".join([str(first_burst), *header_parts]),
-                "RateLimit-Remaining": str(remaining_first or 0),
-                "RateLimit-Reset": str(reset_first),
+                "RateLimit-Limit": ", ".join([str(binding[2]), *header_parts]),
+                "RateLimit-Remaining": str(binding[0]),
+                "RateLimit-Reset": str(-binding[1]),
             },
         )
 

@@ -88,9 +88,9 @@ def _options(body: dict[str, Any]) -> SendOptions:
     if body.get("at") is not None:
         try:
             at = datetime.fromisoformat(str(body["at"]).replace("Z", "+00:00"))
-        except ValueError as exc:
+            at = at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC)
+        except (ValueError, OverflowError) as exc:
             raise ControlError(400, "'at' must be an ISO 8601 datetime") from exc
-        at = at if at.tzinfo else at.replace(tzinfo=UTC)
     url = body.get("url")
     if url is not None and not isinstance(url, str):
         raise ControlError(400, "'url' must be a string")

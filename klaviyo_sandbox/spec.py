@@ -34,6 +34,10 @@ _EXTRA_LIMIT = re.compile(
     r"Rate limits when using the `([^`=]+)=([^`]+)` parameter[^:]*:<br>Burst: `(\d+)/s`<br>Steady: `(\d+)/m`"
 )
 _PAGE_SIZE = re.compile(r"Default: (\d+)\. Min: (\d+)\. Max: (\d+)\.")
+# "The maximum allowed payload size is 100KB." (not the "... per-profile is" variants)
+_PAYLOAD_LIMIT = re.compile(r"The maximum allowed payload size is (\d+) ?([KM]B)\.")
+#: Klaviyo's request-body limit for every API that states none (reference §2: 5 MB).
+DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class Operation:
     query: dict[str, QueryParam]
     request_schema_ref: str | None
     response_schema_refs: dict[str, str] = field(default_factory=dict)  # "200" -> "#/components/..."
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # from "The maximum allowed payload size is …"
 
     @property
     def literal_segments(self) -> int:
@@ -117,6 +122,13 @@ def _path_pattern(path: str) -> re.Pattern[str]:
     # Klaviyo accepts both ``/api/profiles/ID`` and ``/api/profiles/ID/``.
     regex = re.sub(r"\{([^}]+)\}", lambda m: f"(?P<{m.group(1).replace('-', '_')}>[^/]+)", path.rstrip("/"))
     return re.compile(f"^{regex}/?$")
+
+
+def _max_body_bytes(description: str) -> int:
+    found = _PAYLOAD_LIMIT.search(description)
+    if not found:
+        return DEFAULT_MAX_BODY_BYTES
+    return int(found.group(1)) * (1024 if found.group(2) == "KB" else 1024 * 1024)
 
 
 def _json_ref(content: dict[str, Any] | None) -> str | None:
@@ -171,6 +183,7 @@ def operations() -> tuple[Operation, ...]:
                     query=query,
                     request_schema_ref=_json_ref(op.get("requestBody", {}).get("content")),
                     response_schema_refs=responses,
+                    max_body_bytes=_max_body_bytes(op.get("description", "")),
                 )
             )
     found.sort(key=lambda o: (-o.literal_segments, o.path))
@@ -200,6 +213,11 @@ def match(method: str, path: str) -> tuple[Operation | None, dict[str, str], boo
             return op, found.groupdict(), True
         path_exists = True
     return None, {}, path_exists
+
+
+def methods_for(path: str) -> list[str]:
+    """The methods some operation of the spec serves at this path (for a 405's ``Allow``)."""
+    return sorted({op.method for op in operations() if op.pattern.match(path)})
 
 
 def all_scopes() -> list[str]:

@@ -93,8 +93,9 @@ class Group:
     """A list or a segment: a named set of profiles, each with the time it (last) joined.
 
     ``members`` maps profile id -> joined_group_at. ``ordered`` is a cache of
-    ``(joined_group_at, profile_id)`` pairs sorted ascending, rebuilt lazily after any change,
-    so paging a large segment is a bisect rather than a sort per request.
+    ``(joined_group_at, profile_id)`` pairs sorted ascending, built lazily and then kept in step
+    by ``add_member``/``remove_member``, so paging a large segment is a bisect rather than a sort
+    per request, even while its membership changes.
     """
 
     id: str
@@ -109,14 +110,21 @@ class Group:
         if profile_id in self.members:
             return False
         self.members[profile_id] = at
-        self._ordered = None
+        if self._ordered is not None:  # keep the cache: one insort, not a re-sort on the next read
+            bisect.insort(self._ordered, (at, profile_id))
         return True
 
     def remove_member(self, profile_id: str) -> bool:
         """Remove a profile; True when it was a member."""
-        if self.members.pop(profile_id, None) is None:
+        at = self.members.pop(profile_id, None)
+        if at is None:
             return False
-        self._ordered = None
+        if self._ordered is not None:
+            where = bisect.bisect_left(self._ordered, (at, profile_id))
+            if where < len(self._ordered) and self._ordered[where] == (at, profile_id):
+                del self._ordered[where]
+            else:  # cannot happen while every change goes through these methods; stay correct anyway
+                self._ordered = None
         return True
 
     def ordered_members(self) -> list[tuple[datetime, str]]:

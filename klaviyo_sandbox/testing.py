@@ -104,3 +104,25 @@ def api_client(running: RunningSandbox, account_index: int = 0, **kwargs: Any) -
     """A private-key client for the n-th seeded account."""
     account = list(running.sandbox.store.accounts.values())[account_index]
     return KlaviyoTestClient(running.base_url, f"Klaviyo-API-Key {account.private_api_key}", **kwargs)
+
+
+def approve_consent(authorize_url: str, account_id: str, decision: str = "allow") -> dict[str, str]:
+    """Answer the sandbox's consent page for ``authorize_url`` as a person would (no browser).
+
+    Posts the consent form for ``account_id`` with ``decision`` ("allow" or "deny") and returns the
+    query the sandbox redirects back with (``code`` and ``state``, or ``error``). Used by tests and
+    by the demo to connect shops without a human step.
+    """
+    location = httpx2.URL(authorize_url)
+    params = dict(location.params.multi_items())
+    response = httpx2.post(
+        str(location.copy_with(query=None)),
+        data={**params, "account_id": account_id, "decision": decision},
+        follow_redirects=False,
+        timeout=30,
+    )
+    if response.status_code != 302:
+        raise RuntimeError(
+            f"the sandbox refused the consent form: {response.status_code} {response.text[:200]}"
+        )
+    return dict(httpx2.URL(response.headers["location"]).params.multi_items())

@@ -360,6 +360,10 @@ class WebhookDispatcher:
                 logger.warning("webhook %s: queue full, dropped %d oldest events", webhook_id, overflow)
             self._ensure_worker(webhook_id)
 
+    def discard_all(self) -> None:
+        """Forget every queued event (the control API replaced the whole world)."""
+        self._queues.clear()
+
     def discard(self, webhook_id: str) -> None:
         """Forget queued events of a webhook (deleted or disabled); a running attempt finishes."""
         self._queues.pop(webhook_id, None)

@@ -77,6 +77,9 @@ def read_connection(
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-only connection, retried while a writer holds the file."""
     path = Path(path) if path is not None else default_path()
+    if not path.exists():  # a read-only open cannot create the file
+        with write_connection(path, timeout):
+            pass
     conn = _connect(path, read_only=True, deadline=time.monotonic() + timeout)
     try:
         yield conn

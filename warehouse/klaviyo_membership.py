@@ -143,9 +143,19 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute(SCHEMA_SQL)
 
 
+def table_exists(conn: duckdb.DuckDBPyConnection, table: str, schema: str = "klaviyo") -> bool:
+    """True when ``schema.table`` exists (before the first sync it does not)."""
+    found = conn.execute(
+        "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
+        [schema, table],
+    ).fetchone()
+    return bool(found and found[0])
+
+
 def group_states(conn: duckdb.DuckDBPyConnection, account_id: str) -> dict[str, GroupState]:
-    """Watermarks and current member counts of an account's groups."""
-    ensure_schema(conn)
+    """Watermarks and current member counts of an account's groups (works on read-only connections)."""
+    if not table_exists(conn, "group_sync_status"):
+        return {}
     rows = conn.execute(
         """
         select group_id, joined_watermark, member_count, last_synced_at

@@ -46,6 +46,7 @@ from klaviyo_sandbox.store import Account, Event, Metric, Profile, utcnow
 IDENTIFIERS = ("email", "phone_number", "external_id")
 _PROFILE_ATTRIBUTES = ("first_name", "last_name", "organization", "locale", "title", "image")
 #: The integration Klaviyo gives metrics created through the API.
+_ALWAYS_SET = ("profile", "metric")
 API_INTEGRATION = {"object": "integration", "id": "7FtS4J", "key": "api", "name": "API", "category": "API"}
 
 
@@ -203,7 +204,13 @@ def select_events(account: Account, conditions: list[Condition]) -> list[Event]:
     whenever a metric, profile or time window narrows the search."""
     index = event_index(account)
     window = [c for c in conditions if c.field in ("datetime", "timestamp")]
-    rest = [c for c in conditions if c.field not in ("datetime", "timestamp")]
+    # Every sandbox event has a profile and a metric, so has(profile)/has(metric) hold for all:
+    # dropping them keeps such requests on the indexed path instead of testing every event.
+    rest = [
+        c
+        for c in conditions
+        if c.field not in ("datetime", "timestamp") and not (c.operator == "has" and c.field in _ALWAYS_SET)
+    ]
     options: list[tuple[Condition, list[Event]]] = []
     for condition in rest:
         if condition.field == "metric_id" and condition.operator == "equals":

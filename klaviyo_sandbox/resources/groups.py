@@ -26,7 +26,12 @@ from klaviyo_sandbox.jsonapi import (
     single,
     sort_key_value,
 )
-from klaviyo_sandbox.resources.profiles import profile_getter, render_profile
+from klaviyo_sandbox.resources.profiles import (
+    lower_email_filters,
+    narrow_by_identifiers,
+    profile_getter,
+    render_profile,
+)
 from klaviyo_sandbox.store import Group, KList, Segment, utcnow
 
 MAX_MEMBERSHIP_CHANGE = 1000
@@ -239,35 +244,76 @@ def get_group_related_ids_empty(ctx: Context) -> tuple[int, Any]:
 # ---------------------------------------------------------------------------- membership
 
 
+_BOUND_SIDES = {
+    "greater-than": (bisect.bisect_right, "lo"),
+    "greater-or-equal": (bisect.bisect_left, "lo"),
+    "less-than": (bisect.bisect_left, "hi"),
+    "less-or-equal": (bisect.bisect_right, "hi"),
+}
+
+
+def _joined(member: tuple[datetime, str]) -> datetime:
+    return member[0]
+
+
+def _member_cursor(ctx: Context) -> tuple[datetime, str] | None:
+    if not ctx.cursor:
+        return None
+    after = decode_cursor(ctx.cursor)
+    try:
+        when = datetime.fromisoformat(after[0])
+        if when.tzinfo is None:  # we only ever issue UTC times; naive ones cannot be compared
+            raise ValueError("naive datetime")
+        return when.astimezone(UTC), str(after[1])
+    except (IndexError, TypeError, ValueError, OverflowError) as exc:
+        raise invalid("Invalid page cursor.", parameter="page[cursor]") from exc
+
+
 def _member_page(ctx: Context, group: Group) -> tuple[list[tuple[datetime, str]], str | None]:
-    """One page of ``(joined_group_at, profile_id)`` after the cursor, and the next link."""
+    """One page of ``(joined_group_at, profile_id)`` after the cursor, and the next link.
+
+    Never a scan of the whole group: identifier filters (``profile_id``, ``email``,
+    ``phone_number``) are answered from the account's indexes, ``joined_group_at`` bounds are two
+    bisections of the sorted members, and any other condition is tested only until the page
+    (plus one member, to know whether there is a next page) is full.
+    """
+    account = ctx.account
+    lower_email_filters(ctx)
+    candidates, conditions = narrow_by_identifiers(account, ctx.filters)
     ordered = group.ordered_members()
-    if ctx.filters:
-        profiles = ctx.account.profiles
-        _lower_emails(ctx)
-        ordered = [
-            (joined, pid)
-            for joined, pid in ordered
-            if pid in profiles and matches(ctx.filters, _member_getter(profiles[pid], joined))
-        ]
+    if candidates is not None:
+        ordered = sorted((group.members[pid], pid) for pid in candidates if pid in group.members)
+    lo, hi = 0, len(ordered)
+    rest: list[Condition] = []
+    for condition in conditions:
+        side = _BOUND_SIDES.get(condition.operator)
+        if condition.field != "joined_group_at" or side is None:
+            rest.append(condition)
+            continue
+        where = side[0](ordered, condition.value, key=_joined)
+        lo, hi = (max(lo, where), hi) if side[1] == "lo" else (lo, min(hi, where))
     descending = ctx.sort == "-joined_group_at"
     size = ctx.page_size or ctx.op.page_size[0]  # type: ignore[index]
-    start = 0
-    if ctx.cursor:
-        after = decode_cursor(ctx.cursor)
-        try:
-            key = (datetime.fromisoformat(after[0]), str(after[1]))
-        except (IndexError, TypeError, ValueError) as exc:
-            raise invalid("Invalid page cursor.", parameter="page[cursor]") from exc
-        start = (
-            len(ordered) - bisect.bisect_left(ordered, key)
-            if descending
-            else bisect.bisect_right(ordered, key)
-        )
-    view = ordered[::-1] if descending else ordered
-    page = view[start : start + size]
+    after = _member_cursor(ctx)
+    if descending:
+        end = hi if after is None else min(hi, bisect.bisect_left(ordered, after))
+        positions: range = range(end - 1, lo - 1, -1)
+    else:
+        begin = lo if after is None else max(lo, bisect.bisect_right(ordered, after))
+        positions = range(begin, hi)
+    profiles = account.profiles
+    page: list[tuple[datetime, str]] = []
+    more = False
+    for position in positions:
+        joined, pid = member = ordered[position]
+        if rest and (pid not in profiles or not matches(rest, _member_getter(profiles[pid], joined))):
+            continue
+        if len(page) == size:
+            more = True
+            break
+        page.append(member)
     next_link = None
-    if start + size < len(view):
+    if more:
         last = page[-1]
         next_link = page_link(ctx, encode_cursor([last[0].astimezone(UTC).isoformat(), last[1]]))
     return page, next_link
@@ -280,19 +326,6 @@ def _member_getter(profile: Any, joined: datetime) -> Any:
         return joined if name == "joined_group_at" else base(name)
 
     return get
-
-
-def _lower_emails(ctx: Context) -> None:
-    ctx.filters = [
-        Condition(
-            c.operator,
-            c.field,
-            [v.lower() for v in c.value] if isinstance(c.value, list) else c.value.lower(),
-        )
-        if c.field == "email" and isinstance(c.value, str | list)
-        else c
-        for c in ctx.filters
-    ]
 
 
 @handler("get_profiles_for_list", "get_profiles_for_segment")

@@ -10,7 +10,7 @@ import phonenumbers
 
 from klaviyo_sandbox.app import handler
 from klaviyo_sandbox.errors import find_or_404, invalid
-from klaviyo_sandbox.filters import matches
+from klaviyo_sandbox.filters import Condition, matches
 from klaviyo_sandbox.jsonapi import (
     Context,
     conflict,
@@ -201,10 +201,44 @@ def profile_getter(profile: Profile) -> Any:
     return get
 
 
-def _lower_email_filters(ctx: Context) -> None:
-    # Klaviyo matches emails case-insensitively; profiles are compared lower-cased.
-    from klaviyo_sandbox.filters import Condition
+# Filter fields answered by the account's identifier indexes (exact matches, as ``matches`` does).
+_INDEXED_FIELDS = ("id", "profile_id", "email", "phone_number", "external_id")
 
+
+def _lookup(account: Account, field: str, value: str) -> str | None:
+    if field in ("id", "profile_id"):
+        return value if value in account.profiles else None
+    if field == "email":
+        return account.by_email.get(value.lower())
+    if field == "phone_number":
+        return account.by_phone.get(value)
+    return account.by_external_id.get(value)
+
+
+def narrow_by_identifiers(
+    account: Account, conditions: list[Condition]
+) -> tuple[set[str] | None, list[Condition]]:
+    """Profile ids that can satisfy the identifier conditions, and the conditions still to check.
+
+    ``equals``/``any`` on an id, email, phone number or external id are answered from the
+    account's indexes in O(values) instead of testing every profile; the ids returned satisfy
+    those conditions exactly. ``None`` means no condition narrowed the search.
+    """
+    candidates: set[str] | None = None
+    rest: list[Condition] = []
+    for condition in conditions:
+        if condition.field in _INDEXED_FIELDS and condition.operator in ("equals", "any"):
+            values = condition.value if isinstance(condition.value, list) else [condition.value]
+            if all(isinstance(value, str) for value in values):
+                found = {pid for value in values if (pid := _lookup(account, condition.field, value))}
+                candidates = found if candidates is None else candidates & found
+                continue
+        rest.append(condition)
+    return candidates, rest
+
+
+def lower_email_filters(ctx: Context) -> None:
+    # Klaviyo matches emails case-insensitively; profiles are compared lower-cased.
     ctx.filters = [
         Condition(
             c.operator,
@@ -235,15 +269,20 @@ _PROFILE_SORTS = {
 @handler("get_profiles")
 def get_profiles(ctx: Context) -> tuple[int, Any]:
     """``GET /api/profiles`` with filters, sort and cursor pages."""
-    _lower_email_filters(ctx)
+    lower_email_filters(ctx)
     sort = (ctx.sort or "id").lstrip("-")
     key = _PROFILE_SORTS.get(sort)
-    if key is None:  # suppression-timestamp sorts: fall back to the timestamp of the first suppression
+    if key is None:  # suppression timestamps: the earliest global or list suppression, as sorted on
 
         def key(p: Profile) -> tuple[Any, ...]:
-            return (sort_key_value(p.suppressions[0].timestamp) if p.suppressions else "", p.id)
+            found = p.list_suppressions.values() if "list_suppressions" in sort else p.suppressions
+            earliest = min((s.timestamp for s in found), default=None)
+            return (sort_key_value(earliest), p.id)
 
-    items = [p for p in ctx.account.profiles.values() if matches(ctx.filters, profile_getter(p))]
+    account = ctx.account
+    candidates, rest = narrow_by_identifiers(account, ctx.filters)
+    pool = account.profiles.values() if candidates is None else [account.profiles[p] for p in candidates]
+    items = [p for p in pool if matches(rest, profile_getter(p))] if rest else list(pool)
     return 200, paginate(
         ctx, items, key, lambda p: render_profile(ctx, p), descending=(ctx.sort or "").startswith("-")
     )

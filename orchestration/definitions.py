@@ -1,0 +1,33 @@
+"""The one place that assembles the Dagster definitions of the project."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from orchestration.assets import klaviyo
+from orchestration.resources import KlaviyoResource, WarehouseResource
+from orchestration.sensors.accounts import (
+    klaviyo_accounts_sensor,
+    klaviyo_daily_segment_sync_schedule,
+    segment_sync_job,
+)
+
+defs = dg.Definitions(
+    assets=dg.load_assets_from_modules([klaviyo]),
+    asset_checks=dg.load_asset_checks_from_modules([klaviyo]),
+    jobs=[segment_sync_job],
+    sensors=[klaviyo_accounts_sensor],
+    schedules=[klaviyo_daily_segment_sync_schedule],
+    resources={
+        "klaviyo": KlaviyoResource(
+            base_url=dg.EnvVar("KLAVIYO_BASE_URL"),
+            authorize_url=dg.EnvVar("KLAVIYO_AUTHORIZE_URL"),
+            client_id=dg.EnvVar("KLAVIYO_CLIENT_ID"),
+            client_secret=dg.EnvVar("KLAVIYO_CLIENT_SECRET"),
+            redirect_uri=dg.EnvVar("KLAVIYO_REDIRECT_URI"),
+            state_db=dg.EnvVar("RECART_STATE_DB"),
+            encryption_key=dg.EnvVar("RECART_ENCRYPTION_KEY"),
+        ),
+        "warehouse": WarehouseResource(path=dg.EnvVar("WAREHOUSE_DUCKDB_PATH")),
+    },
+)
