@@ -6,7 +6,7 @@ export UV_SYSTEM_CERTS ?= 1
 export UV_COMPILE_BYTECODE ?= 1
 export DBT_SEND_ANONYMOUS_USAGE_STATS ?= false
 
-.PHONY: demo test test-all lint sandbox bench venv browser clean
+.PHONY: demo dev test test-all lint sandbox bench venv browser clean
 
 venv: $(VENV)/.synced
 
@@ -15,8 +15,8 @@ $(VENV)/.synced: pyproject.toml uv.lock
 	uv sync --frozen --extra dev
 	@touch $@
 
-demo: venv  ## the main job end to end on the embedded default (for now: the Klaviyo sandbox)
-	$(BIN)/python -m klaviyo_sandbox.demo
+demo: venv  ## the main job end to end on the embedded default: sandbox, OAuth, Dagster sync into DuckDB
+	$(BIN)/python -m orchestration.demo
 
 browser:
 	@scripts/ensure-chromium.sh
@@ -33,6 +33,11 @@ lint: venv
 
 sandbox: venv  ## serve the sandbox on 127.0.0.1:8765 until Ctrl-C
 	$(BIN)/klaviyo-sandbox serve --seed demo --port 8765
+
+dev: venv  ## after `make demo`: serve the demo's sandbox world and open Dagster on the demo warehouse
+	@test -f .env || { echo "run 'make demo' first (it writes .env)"; exit 1; }
+	set -m; $(BIN)/klaviyo-sandbox serve --seed demo --port 8765 --state .state/demo/sandbox.json & \
+	  trap 'kill -INT $$!' EXIT; set -a; . ./.env; set +a; $(BIN)/dg dev -w workspace.yaml -p 3000
 
 bench: venv
 	$(BIN)/python bench/sandbox_throughput.py

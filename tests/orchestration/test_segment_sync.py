@@ -105,7 +105,8 @@ def test_second_day_finds_exact_joins_and_leaves_with_far_fewer_calls(world):
         left = {
             r[0]
             for r in conn.execute(
-                "select profile_id from klaviyo.raw_group_members where group_id = ? and valid_to is not null",
+                "select profile_id from klaviyo.raw_group_members"
+                " where group_id = ? and valid_to is not null",
                 [segment.id],
             ).fetchall()
         }
