@@ -67,6 +67,9 @@ def main() -> None:
     """Run the demo and print its summary."""
     DEMO_DIR.mkdir(parents=True, exist_ok=True)
     (DEMO_DIR / "dagster").mkdir(exist_ok=True)
+    instance_yaml = DEMO_DIR / "dagster" / "dagster.yaml"
+    if not instance_yaml.exists():
+        instance_yaml.write_text((ROOT / "deploy" / "dagster.yaml").read_text())
     for stale in ("warehouse.duckdb", "state.db", "sandbox.json"):
         (DEMO_DIR / stale).unlink(missing_ok=True)  # every demo starts from the same world
     key = _encryption_key()
