@@ -65,6 +65,10 @@ def _endpoint(func: Any) -> Any:
     """Wrap a control handler: JSON answers, ControlError → 4xx, state saved after writes."""
 
     async def endpoint(request: Request) -> JSONResponse:
+        # Read the whole body first: Starlette caches it, so the handler's own ``await _json()``
+        # never suspends, and nothing a handler looks up (an account, a group) can be replaced by
+        # a concurrent request (a reseed) between the lookup and the handler's changes.
+        await request.body()
         try:
             result = await func(request)
         except ControlError as error:

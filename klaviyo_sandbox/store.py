@@ -87,6 +87,9 @@ class Profile:
 
 # ---------------------------------------------------------------------------- groups
 
+# Edits inside a group's sorted-member cache (each an O(n) memmove) allowed before dropping it.
+_MAX_INNER_EDITS = 2048
+
 
 @dataclass
 class Group:
@@ -104,14 +107,20 @@ class Group:
     updated: datetime
     members: dict[str, datetime] = field(default_factory=dict)
     _ordered: list[tuple[datetime, str]] | None = field(default=None, repr=False, compare=False)
+    _inner_edits: int = field(default=0, repr=False, compare=False)
 
     def add_member(self, profile_id: str, at: datetime) -> bool:
         """Add a profile (no-op if already a member); True when it was added."""
         if profile_id in self.members:
             return False
         self.members[profile_id] = at
-        if self._ordered is not None:  # keep the cache: one insort, not a re-sort on the next read
-            bisect.insort(self._ordered, (at, profile_id))
+        ordered = self._ordered
+        if ordered is not None:  # keep the cache: one insort, not a re-sort on the next read
+            member = (at, profile_id)
+            if not ordered or ordered[-1] < member:
+                ordered.append(member)  # the usual case: joining now
+            else:
+                self._edit_inside(lambda: bisect.insort(ordered, member))
         return True
 
     def remove_member(self, profile_id: str) -> bool:
@@ -119,18 +128,32 @@ class Group:
         at = self.members.pop(profile_id, None)
         if at is None:
             return False
-        if self._ordered is not None:
-            where = bisect.bisect_left(self._ordered, (at, profile_id))
-            if where < len(self._ordered) and self._ordered[where] == (at, profile_id):
-                del self._ordered[where]
+        ordered = self._ordered
+        if ordered is not None:
+            where = bisect.bisect_left(ordered, (at, profile_id))
+            if where < len(ordered) and ordered[where] == (at, profile_id):
+                self._edit_inside(lambda: ordered.__delitem__(where))
             else:  # cannot happen while every change goes through these methods; stay correct anyway
                 self._ordered = None
         return True
 
+    def _edit_inside(self, edit: Any) -> None:
+        """Apply an edit that moves part of the cache (O(n) memmove), or drop the cache instead.
+
+        One such edit is far cheaper than re-sorting, but a bulk change (replacing a large
+        segment) would make thousands of them; past ``_MAX_INNER_EDITS`` a re-sort wins.
+        """
+        self._inner_edits += 1
+        if self._inner_edits > _MAX_INNER_EDITS:
+            self._ordered = None
+        else:
+            edit()
+
     def ordered_members(self) -> list[tuple[datetime, str]]:
-        """Members as ``(joined_group_at, profile_id)`` ascending (cached until the next change)."""
+        """Members as ``(joined_group_at, profile_id)`` ascending (cached, kept up to date)."""
         if self._ordered is None:
             self._ordered = sorted((at, pid) for pid, at in self.members.items())
+            self._inner_edits = 0
         return self._ordered
 
     def members_after(self, key: tuple[datetime, str] | None) -> int:

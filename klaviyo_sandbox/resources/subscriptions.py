@@ -56,10 +56,16 @@ def _list_of(ctx: Context, data: dict[str, Any]) -> KList | None:
 
 
 def _check_sms(ctx: Context, phone: str | None, pointer: str) -> None:
+    """SMS consent needs a valid E.164 number, SMS set up, and a supported country.
+
+    ``pointer`` names the profile item: Klaviyo rejects the whole batch pointing at
+    ``/data/attributes/profiles/data/<index>`` for a configuration or region problem (S14).
+    """
+    field = f"{pointer}/attributes/phone_number"
     if phone is None:
-        raise invalid("A phone_number is required to subscribe to SMS.", pointer=f"{pointer}/phone_number")
+        raise invalid("A phone_number is required to subscribe to SMS.", pointer=field)
     if not valid_e164(phone):
-        raise invalid(f"Invalid phone number format (must be E.164): '{phone}'.", pointer=pointer)
+        raise invalid(f"Invalid phone number format (must be E.164): '{phone}'.", pointer=field)
     if not ctx.account.sms_enabled:
         raise invalid("SMS configuration is required to subscribe phone numbers to SMS.", pointer=pointer)
     region = phonenumbers.region_code_for_number(phonenumbers.parse(phone, None))
@@ -125,7 +131,7 @@ def bulk_subscribe_profiles(ctx: Context) -> tuple[int, Any]:
                 "An email is required to subscribe to email.", pointer=f"{pointer}/attributes/email"
             )
         if any(key.startswith("sms.") for key in consented):
-            _check_sms(ctx, phone, f"{pointer}/attributes/phone_number")
+            _check_sms(ctx, phone, pointer)
         if not consented and not email and not phone:
             raise invalid(
                 "Each profile needs an email or phone number and a subscription.",

@@ -39,6 +39,34 @@ def test_headers_report_the_binding_window():
     assert decision.headers["RateLimit-Remaining"] == "74"
 
 
+def test_headers_follow_the_window_closest_to_exhaustion():
+    # Limit's first number, Remaining and Reset must describe one window: once the steady window
+    # has less room than the burst window, all three switch to it (they used to mix burst's limit
+    # with steady's remaining and report Reset 0 until exhaustion).
+    clock = FakeClock(1_000_020.5)  # 0.5 s into a second, 0.5 s into a minute (1_000_020 = 16667 × 60)
+    limiter = RateLimiter(clock=clock)
+    tier = RateLimit(burst=10, steady=12)
+    for _ in range(9):
+        decision = limiter.check([("acct", tier)])
+    assert decision.headers == {
+        "RateLimit-Limit": "10, 10;w=1, 12;w=60",
+        "RateLimit-Remaining": "1",  # burst: 1 left; steady: 3 left
+        "RateLimit-Reset": "0",  # the burst window resets within the second
+    }
+    clock.now += 1  # a new second: burst has 9 left after this request, steady only 2
+    decision = limiter.check([("acct", tier)])
+    assert decision.headers == {
+        "RateLimit-Limit": "12, 10;w=1, 12;w=60",
+        "RateLimit-Remaining": "2",
+        "RateLimit-Reset": "58",  # 58.5 s left in the minute, rounded down while requests remain
+    }
+    limiter.check([("acct", tier)])
+    decision = limiter.check([("acct", tier)])
+    assert decision.headers["RateLimit-Remaining"] == "0"
+    assert decision.headers["RateLimit-Reset"] == "59"  # exhausted: rounded up, so waiting it is enough
+    assert not limiter.check([("acct", tier)]).allowed
+
+
 def test_buckets_are_separate_per_caller_and_extra_limits_count_in_addition():
     limiter = RateLimiter(clock=FakeClock())
     tier, extra = RateLimit(burst=75, steady=750), RateLimit(burst=1, steady=15)
@@ -80,6 +108,10 @@ def test_http_429_with_klaviyo_body_and_retry_after(make_sandbox):
     assert "ratelimit-limit" not in response.headers
     error = response.json()["errors"][0]
     assert error["code"] == "throttled" and error["title"] == "Request was throttled."
+    assert error["source"] == {"pointer": "/data"}
+    assert error["links"] == {
+        "type": "https://developers.klaviyo.com/en/docs/rate_limits_and_error_handling#rate-limits"
+    }
     # the plain endpoint still answers: the extra limit is counted in addition, not instead
     ok = api.get(f"/api/segments/{segment}")
     assert ok.status_code == 200 and ok.headers["ratelimit-limit"].startswith("75, 75;w=1, 750;w=60")

@@ -159,7 +159,9 @@ def test_sms_in_an_unsupported_region_is_400(world):
     response = api.post(
         "/api/profile-subscription-bulk-create-jobs", json=_job([french], lists["single_opt_in"])
     )
-    assert response.status_code == 400 and "region" in response.json()["errors"][0]["detail"]
+    error = response.json()["errors"][0]
+    assert response.status_code == 400 and "region" in error["detail"]
+    assert error["source"] == {"pointer": "/data/attributes/profiles/data/0"}  # as observed (S14)
 
 
 def test_sms_needs_an_sms_enabled_account(make_sandbox, control):
