@@ -108,31 +108,42 @@ def subscriptions(profile: Profile) -> dict[str, Any]:
     }
 
 
+_PROFILE_FIELDS: dict[str, Any] = {
+    "email": lambda p: p.email,
+    "phone_number": lambda p: p.phone_number,
+    "external_id": lambda p: p.external_id,
+    "first_name": lambda p: p.first_name,
+    "last_name": lambda p: p.last_name,
+    "organization": lambda p: p.organization,
+    "locale": lambda p: p.locale,
+    "title": lambda p: p.title,
+    "image": lambda p: p.image,
+    "created": lambda p: iso(p.created),
+    "updated": lambda p: iso(p.updated),
+    "last_event_date": lambda p: iso(p.last_event_date),
+    "location": lambda p: dict(p.location),
+    "properties": lambda p: dict(p.properties),
+}
+
+
 def profile_attributes(
     ctx: Context, profile: Profile, joined_group_at: datetime | None = None
 ) -> dict[str, Any]:
-    """The attributes of a profile as Klaviyo renders them (plus ``joined_group_at`` for members)."""
+    """The attributes of a profile as Klaviyo renders them (plus ``joined_group_at`` for members).
+
+    With a sparse fieldset only the requested top-level attributes are built: extraction asks for
+    four fields of every member, and building all of them dominated the sandbox's page cost.
+    """
+    wanted = ctx.fields.get("profile")
+    names = _PROFILE_FIELDS.keys() if wanted is None else {w.split(".", 1)[0] for w in wanted}
     attributes: dict[str, Any] = {
-        "email": profile.email,
-        "phone_number": profile.phone_number,
-        "external_id": profile.external_id,
-        "first_name": profile.first_name,
-        "last_name": profile.last_name,
-        "organization": profile.organization,
-        "locale": profile.locale,
-        "title": profile.title,
-        "image": profile.image,
-        "created": iso(profile.created),
-        "updated": iso(profile.updated),
-        "last_event_date": iso(profile.last_event_date),
-        "location": dict(profile.location),
-        "properties": dict(profile.properties),
+        name: _PROFILE_FIELDS[name](profile) for name in names if name in _PROFILE_FIELDS
     }
-    if joined_group_at is not None:
+    if joined_group_at is not None and (wanted is None or "joined_group_at" in names):
         attributes["joined_group_at"] = iso(joined_group_at)
-    if ctx.wants("profile", "subscriptions"):
+    if ctx.wants("profile", "subscriptions") and (wanted is None or "subscriptions" in names):
         attributes["subscriptions"] = subscriptions(profile)
-    if ctx.wants("profile", "predictive_analytics"):
+    if ctx.wants("profile", "predictive_analytics") and (wanted is None or "predictive_analytics" in names):
         attributes["predictive_analytics"] = predictive_analytics(profile)
     return attributes
 
