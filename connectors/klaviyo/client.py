@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import hashlib
 import random
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -260,7 +261,7 @@ class ClientStats:
     transport_errors: int = 0  # connection failures, timeouts, dropped connections
     pages: int = 0  # collection pages read
     records: int = 0  # resources parsed from collection pages
-    rate_limit_wait_seconds: float = 0.0  # time spent waiting for the quota
+    rate_limit_wait_seconds: float = 0.0  # time requests spent waiting for the quota (summed over requests)
 
     def as_metadata(self) -> dict[str, int | float]:
         """The counters as a plain dict."""
@@ -278,6 +279,13 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+
+
+@dataclass
+class _RefreshOnce:
+    """Internal: whether this request has already asked the credentials to refresh after a 401."""
+
+    used: bool = False
 
 
 class _Retryable(Exception):
@@ -348,11 +356,13 @@ class KlaviyoClient:
         return self._limiter_key
 
     async def __aenter__(self) -> Self:
+        """Use the client in ``async with``; the pool is closed on exit."""
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        """Close the connection pool."""
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -439,10 +449,11 @@ class KlaviyoClient:
             before_sleep=self._count_retry,
             reraise=True,
         )
+        refresh = _RefreshOnce()  # one refresh per request, however many attempts it takes
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._attempt(op, target, params, content, tiers, endpoint)
+                    return await self._attempt(op, target, params, content, tiers, endpoint, refresh)
         except _Retryable as failed:
             raise failed.error from failed.__cause__
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
@@ -468,8 +479,8 @@ class KlaviyoClient:
         content: bytes | None,
         tiers: Sequence[Tier],
         endpoint: str,
+        refresh: _RefreshOnce,
     ) -> httpx2.Response:
-        refreshed = False
         while True:
             authorization = await self.credentials.authorization()
             headers = {"authorization": authorization}
@@ -499,10 +510,10 @@ class KlaviyoClient:
             status = response.status_code
             if status < 400:
                 return response
-            if status == 401 and not refreshed:
-                refreshed = True
+            if status == 401 and not refresh.used:
+                refresh.used = True
                 if await self.credentials.refresh_after_unauthorized():
-                    continue
+                    continue  # new credentials: the same attempt, once more
             error = _error_from(response, endpoint)
             if status == 429:
                 self.stats.throttled += 1
@@ -511,7 +522,7 @@ class KlaviyoClient:
                 self.stats.server_errors += 1
                 if op.idempotent:
                     retry_after = (
-                        parse_retry_after(response.headers.get("retry-after"), 0.0, default=0.0)
+                        parse_retry_after(response.headers.get("retry-after"), time.time(), default=0.0)
                         if "retry-after" in response.headers
                         else None
                     )
@@ -785,8 +796,16 @@ class KlaviyoClient:
                     self.iter_profiles(filters.any_of("id", batch), with_subscriptions=with_subscriptions)
                 )
 
+        tasks = [asyncio.ensure_future(fetch(batch)) for batch in batches]
+        try:
+            fetched = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:  # one batch failed for good: stop the others too
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         found: dict[str, Profile] = {}
-        for profiles in await asyncio.gather(*(fetch(batch) for batch in batches)):
+        for profiles in fetched:
             found.update((p.id, p) for p in profiles)
         return [found[i] for i in wanted if i in found]
 

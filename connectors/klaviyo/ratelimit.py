@@ -41,6 +41,7 @@ __all__ = [
     "SystemClock",
     "Tier",
     "WindowLimiter",
+    "binding_window",
     "default_registry",
     "parse_rate_limit_header",
     "parse_retry_after",
@@ -50,6 +51,7 @@ BURST_WINDOW = 1
 STEADY_WINDOW = 60
 _WINDOWS = (BURST_WINDOW, STEADY_WINDOW)
 _LIMIT_ITEM = re.compile(r"(\d+)\s*;\s*w\s*=\s*(\d+)")
+_FIRST_NUMBER = re.compile(r"\s*(\d+)\s*(?:,|$)")
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,18 @@ def parse_rate_limit_header(value: str | None) -> dict[int, int]:
     return {int(window): int(limit) for limit, window in _LIMIT_ITEM.findall(value) if int(window) > 0}
 
 
+def binding_window(value: str | None, limits: Mapping[int, int]) -> int | None:
+    """Which window ``RateLimit-Remaining`` speaks of: the one whose limit ``RateLimit-Limit`` names first.
+
+    ``"150, 10;w=1, 150;w=60"`` → 60. None when the first number is missing or matches no single window.
+    """
+    first = _FIRST_NUMBER.match(value or "")
+    if not first:
+        return None
+    matching = [window for window, limit in limits.items() if limit == int(first.group(1))]
+    return matching[0] if len(matching) == 1 else None
+
+
 def parse_retry_after(value: str | None, now: float, default: float = 1.0) -> float:
     """Seconds to wait from a ``Retry-After`` header (delta seconds or an HTTP date)."""
     if value:
@@ -178,12 +192,13 @@ class WindowLimiter:
             else:
                 return at
 
-    def book(self, at: float) -> None:
-        """Count a request sent at ``at``."""
+    def book(self, at: float, now: float) -> None:
+        """Count a request to be sent at ``at`` (``now`` or later)."""
         for window in _WINDOWS:
             for index in self._indices(window, at):
                 self.counts[(window, index)] = self.counts.get((window, index), 0) + 1
-        self._prune(at)
+        # Prune by the present, not by ``at``: a booking far ahead must not drop today's counts.
+        self._prune(now)
 
     def unbook(self, at: float) -> None:
         """Return a booking that will not be sent (cancelled, or rebooked after a pause)."""
@@ -210,26 +225,32 @@ class WindowLimiter:
             self.generation += 1  # requests already booked under higher limits rebook
         self.burst, self.steady = max(1, burst), max(1, steady)
 
-    def reconcile(self, sent_at: float, now: float, remaining: int, reset: float) -> None:
+    def reconcile(
+        self, sent_at: float, now: float, remaining: int, reset: float, window: int | None = None
+    ) -> None:
         """Raise our count to what the server reports having seen, if that is more than we booked.
 
-        ``RateLimit-Remaining`` is the smaller remainder of the two windows at the moment the server
-        admitted the request. We attribute it to the window our own counts say is tighter (the
-        steady one for sure when ``RateLimit-Reset`` is over a second), and only while that window
-        is still the current one.
+        ``RateLimit-Remaining`` is the remainder of the binding window when the server admitted the
+        request: the steady one when nothing remains and ``RateLimit-Reset`` is over a second (a burst
+        window never resets later); else ``window`` when the server named it (first number of
+        ``RateLimit-Limit``); else the one our own counts say is tighter. Applied only while that
+        window is still the current one.
         """
+        chosen: int
         if remaining == 0 and reset > BURST_WINDOW:
-            window = STEADY_WINDOW
+            chosen = STEADY_WINDOW  # certain: a burst window never resets more than a second away
+        elif window is not None and window in _WINDOWS:
+            chosen = window
         else:
-            window = min(
+            chosen = min(
                 _WINDOWS,
                 key=lambda w: self.limit(w) - self.counts.get((w, math.floor(sent_at / w)), 0),
             )
-        index = math.floor(sent_at / window)
-        if math.floor(now / window) != index:
+        index = math.floor(sent_at / chosen)
+        if math.floor(now / chosen) != index:
             return
-        seen = self.limit(window) - max(0, remaining)
-        key = (window, index)
+        seen = self.limit(chosen) - max(0, remaining)
+        key = (chosen, index)
         if seen > self.counts.get(key, 0):
             self.counts[key] = seen
 
@@ -275,6 +296,7 @@ class Permit:
                 bucket.pause(until)
             return
         limits = parse_rate_limit_header(headers.get("ratelimit-limit"))
+        binding = binding_window(headers.get("ratelimit-limit"), limits)
         if limits:
             primary.learned = True
             primary.learn_limits(limits)
@@ -286,7 +308,7 @@ class Permit:
         if remaining is not None and remaining.strip().lstrip("-").isdigit():
             reset_raw = (headers.get("ratelimit-reset") or "0").strip()
             reset = float(reset_raw) if reset_raw.replace(".", "", 1).isdigit() else 0.0
-            primary.reconcile(self.sent_at, now, int(remaining), reset)
+            primary.reconcile(self.sent_at, now, int(remaining), reset, binding)
 
 
 class LimiterRegistry:
@@ -329,7 +351,7 @@ class LimiterRegistry:
                     break
                 at = later
             for bucket in buckets:
-                bucket.book(at)
+                bucket.book(at, now)
             probe = not primary.learned
             if probe:
                 primary.probing = True
@@ -353,7 +375,7 @@ class LimiterRegistry:
         if probe:
             buckets[0].probing = False
 
-    def keys(self) -> set[str]:
+    def limiter_keys(self) -> set[str]:
         """Every limiter key the registry has seen."""
         return {key for key, _ in self._buckets}
 

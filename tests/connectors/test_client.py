@@ -446,7 +446,7 @@ def test_bulk_import_job(sandbox: RunningSandbox, http: httpx2.Client) -> None:
     assert len(control_members(http, account["id"], "lists", list_id)) == 3
 
 
-# ---------------------------------------------------------------------------- metrics, events, flows, campaigns
+# ------------------------------------------------------------------------ metrics, events, flows, campaigns
 
 
 def test_metrics_and_events(sandbox: RunningSandbox, http: httpx2.Client) -> None:

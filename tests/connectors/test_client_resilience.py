@@ -7,7 +7,6 @@ The promise tested everywhere: the members extracted are exactly the members of 
 from __future__ import annotations
 
 import asyncio
-import gc
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -121,6 +120,39 @@ def test_retries_give_up_with_a_server_error_naming_the_endpoint(start: Callable
     assert client.stats.api_calls == 3 and client.stats.retries == 2
 
 
+class ScriptedCredentials:
+    """Hands out the given Authorization values in turn; every refresh says "new credentials"."""
+
+    limiter_key = "account:scripted"
+
+    def __init__(self, *values: str) -> None:
+        self.values = list(values)
+        self.refreshes = 0
+
+    async def authorization(self) -> str:
+        return self.values.pop(0) if len(self.values) > 1 else self.values[0]
+
+    async def refresh_after_unauthorized(self) -> bool:
+        self.refreshes += 1
+        return True
+
+
+def test_a_request_refreshes_credentials_at_most_once_across_retries(start: Callable[..., Any]) -> None:
+    from connectors.klaviyo.errors import AuthenticationError
+
+    running, http = start(rate_limits="off")
+    account, _ = build_account(http, segments=1, members=1, prefix="once-")
+    good, bad = f"Klaviyo-API-Key {account['private_api_key']}", "Klaviyo-API-Key pk_revoked"
+    # 401 → refresh → (good key) 503 → retry → 401 again: no second refresh, an AuthenticationError.
+    http.put("/_sandbox/faults", json={"fail_next": 1, "statuses": [503]})
+    creds = ScriptedCredentials(bad, good, bad)
+    client = KlaviyoClient(running.base_url, creds, limiter=LimiterRegistry(), retry=FAST_RETRIES)
+    with pytest.raises(AuthenticationError):
+        asyncio.run(client.get_account())
+    assert creds.refreshes == 1
+    assert (client.stats.api_calls, client.stats.server_errors, client.stats.retries) == (3, 1, 1)
+
+
 # ---------------------------------------------------------------------------- 429s
 
 
@@ -179,19 +211,14 @@ def test_lower_server_limits_are_learned_by_a_probe_before_any_burst(start: Call
     registry = LimiterRegistry()
     client = client_for(running, account["private_api_key"], limiter=registry, max_concurrency=10)
     assert asyncio.run(extract(client, list(truth))) == truth
+    # The server's own limiter admitted every request: it never saw more than 7 in a second.
     assert client.stats.throttled == 0
-    rows = http.get("/_sandbox/requests", params={"account_id": account["id"]}).json()["data"]
-    per_second: dict[int, int] = {}
-    for row in rows:
-        second = math.floor(_epoch(row["at"]))
-        per_second[second] = per_second.get(second, 0) + 1
-    assert max(per_second.values()) <= 7
-
-
-def _epoch(iso: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(iso).timestamp()
+    assert (
+        http.get("/_sandbox/requests", params={"account_id": account["id"], "status": "429"}).json()["data"]
+        == []
+    )
+    learned = registry.snapshot(client.limiter_key)["L"]
+    assert (learned["burst"], learned["steady"]) == (7, 75)
 
 
 # ---------------------------------------------------------------------------- two accounts at once
@@ -237,7 +264,7 @@ def test_two_accounts_at_once_never_cross(start: Callable[..., Any]) -> None:
             if row["path"].startswith("/api/segments/"):
                 segment_id = row["path"].split("/")[3]
                 assert segment_id in truth and segment_id not in foreign
-    assert {k.split("|")[1] for k in registry.keys()} == {
+    assert {k.split("|")[1] for k in registry.limiter_keys()} == {
         PrivateKeyCredentials(shop_a["private_api_key"]).limiter_key,
         PrivateKeyCredentials(shop_b["private_api_key"]).limiter_key,
     }
@@ -261,17 +288,9 @@ def test_many_segments_reach_the_ceiling_at_klaviyos_real_limits(start: Callable
     running, http = start(rate_limits="klaviyo")
     account, truth = build_account(http, segments=40, members=1000, prefix="ceil-")  # 400 pages
     client = client_for(running, account["private_api_key"])
-    # The sandboxes live in this process: full collections over their large heaps (the session's demo
-    # store) pause everything for a quarter second at a time. Freeze what exists so the timing below
-    # measures the client, not the test harness's garbage collector.
-    gc.collect()
-    gc.freeze()
-    try:
-        began = time.time()
-        assert asyncio.run(extract(client, list(truth))) == truth
-        elapsed = time.time() - began
-    finally:
-        gc.unfreeze()
+    began = time.time()
+    assert asyncio.run(extract(client, list(truth))) == truth
+    elapsed = time.time() - began
     tier = TIERS["L"]
     # the greedy schedule from the same start under both fixed windows
     sent, t, used_b, used_s = 0, began, {}, {}
@@ -285,4 +304,6 @@ def test_many_segments_reach_the_ceiling_at_klaviyos_real_limits(start: Callable
         t = (s + 1) * 60.0 if used_s[s] >= tier.steady else b + 1.0
     ceiling = t - began
     assert client.stats.throttled == 0
-    assert ceiling / elapsed >= 0.85, (ceiling, elapsed)
+    # The limiter counts a request sent in the last 100 ms of a second in the next second too (it may
+    # arrive there), so a run that starts in that sliver gives up one burst window: allow one second.
+    assert elapsed <= ceiling / 0.9 + 1.0, (ceiling, elapsed)

@@ -14,6 +14,7 @@ from connectors.klaviyo.ratelimit import (
     Clock,
     LimiterRegistry,
     Tier,
+    binding_window,
     parse_rate_limit_header,
     parse_retry_after,
 )
@@ -99,6 +100,20 @@ def test_extra_quota_is_counted_in_addition_to_the_tier() -> None:
     extra = EXTRA_TIERS["additional-fields[segment]=profile_count"]
     times = asyncio.run(send_times(registry(clock), [main, extra], 4))
     assert [t - T0 for t in times] == [0, 1, 2, 3]  # 1/s from the profile_count quota
+
+
+def test_a_booking_far_ahead_keeps_the_current_windows_counts() -> None:
+    clock = FakeClock()
+    limits = registry(clock)
+    main = Tier("M", 2, 100)
+
+    async def scenario() -> list[float]:
+        (await limits.acquire(KEY, [main])).settle(200, {})  # second T0: 1 of 2 used
+        # a request held back by some other quota books two minutes ahead
+        limits.bucket(KEY, main).book(T0 + 120, now=T0)
+        return [(await limits.acquire(KEY, [main])).sent_at for _ in range(2)]
+
+    assert asyncio.run(scenario()) == [T0, T0 + 1]  # second T0 still remembers its first request
 
 
 def test_learns_the_servers_limits_from_ratelimit_limit() -> None:
@@ -227,6 +242,24 @@ def test_remaining_of_the_burst_window_only_blocks_the_rest_of_the_second() -> N
     assert asyncio.run(scenario()) == T0 + 6
 
 
+def test_the_binding_window_named_by_the_server_takes_the_remaining_count() -> None:
+    clock = FakeClock(T0 + 5.3)
+    limits = registry(clock)
+    tier = Tier("M", 10, 150)
+
+    async def scenario() -> list[float]:
+        permit = await limits.acquire(KEY, [tier])
+        # "150" first: the steady window binds, and only 3 of its 150 remain (another process used them).
+        permit.settle(
+            200,
+            {"RateLimit-Limit": "150, 10;w=1, 150;w=60", "RateLimit-Remaining": "3", "RateLimit-Reset": "0"},
+        )
+        return [(await limits.acquire(KEY, [tier])).sent_at for _ in range(4)]
+
+    # three more this minute, then the next minute (not merely the next second)
+    assert asyncio.run(scenario()) == [T0 + 5.3, T0 + 5.3, T0 + 5.3, T0 + 60]
+
+
 def test_cancelled_waiter_returns_its_booking() -> None:
     clock = FakeClock()
     limits = registry(clock)
@@ -286,6 +319,9 @@ def test_header_parsers() -> None:
     assert parse_rate_limit_header("750;w=1,7500;w=60") == {1: 750, 60: 7500}
     assert parse_rate_limit_header("") == {}
     assert parse_rate_limit_header("garbage") == {}
+    assert binding_window("150, 10;w=1, 150;w=60", {1: 10, 60: 150}) == 60
+    assert binding_window("10, 10;w=1, 150;w=60", {1: 10, 60: 150}) == 1
+    assert binding_window("10;w=1, 150;w=60", {1: 10, 60: 150}) is None
     assert parse_retry_after("3", 0) == 3
     assert parse_retry_after(None, 0) == 1.0
     assert parse_retry_after("Thu, 01 Jan 1970 00:00:10 GMT", 4.0) == pytest.approx(6.0)
