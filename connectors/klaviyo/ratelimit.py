@@ -300,6 +300,7 @@ class Permit:
         if limits:
             primary.learned = True
             primary.learn_limits(limits)
+            _scale_extra_quotas(primary, self._buckets[1:])
         elif 200 <= status < 300:
             # A success without RateLimit-* headers: this server announces nothing; trust the table.
             # (Errors answered before the limiter, such as a 401, say nothing either way: keep probing.)
@@ -309,6 +310,23 @@ class Permit:
             reset_raw = (headers.get("ratelimit-reset") or "0").strip()
             reset = float(reset_raw) if reset_raw.replace(".", "", 1).isdigit() else 0.0
             primary.reconcile(self.sent_at, now, int(remaining), reset, binding)
+
+
+def _scale_extra_quotas(primary: WindowLimiter, extras: Sequence[WindowLimiter]) -> None:
+    """Give the stricter extra quotas the scale the server announced for the endpoint's own tier.
+
+    Headers describe only the endpoint's own quota. Real Klaviyo announces its published limits
+    (scale 1: nothing changes); a sandbox run with ``--rate-limits xN`` announces N times them, and
+    its extra quotas (``profile_count``) are N times theirs too — without this they would stay at
+    1/s, 15/min and a scaled benchmark would measure our caution instead of the limits.
+    """
+    scale = primary.burst / primary.tier.burst
+    if scale <= 1 or primary.steady != round(primary.tier.steady * scale):
+        return
+    for extra in extras:
+        if not extra.learned:
+            extra.burst = max(extra.burst, round(extra.tier.burst * scale))
+            extra.steady = max(extra.steady, round(extra.tier.steady * scale))
 
 
 class LimiterRegistry:
