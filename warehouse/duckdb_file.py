@@ -40,12 +40,10 @@ def _connect(path: Path, read_only: bool, deadline: float) -> duckdb.DuckDBPyCon
 
 
 @contextmanager
-def write_connection(
-    path: Path | str | None = None, timeout: float = LOCK_RETRY_SECONDS
-) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A read-write connection held under the warehouse's cross-process write lock.
+def write_lock(path: Path | str | None = None, timeout: float = LOCK_RETRY_SECONDS) -> Iterator[Path]:
+    """Hold the warehouse's cross-process write lock (``<file>.writelock``) for the block.
 
-    Keep the block short: fetch from APIs before entering it.
+    Every writer takes it: our loads through ``write_connection`` and dbt runs around the CLI.
     """
     path = Path(path) if path is not None else default_path()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,13 +60,26 @@ def write_connection(
                     ) from None
                 time.sleep(0.05)
         try:
-            conn = _connect(path, read_only=False, deadline=deadline)
-            try:
-                yield conn
-            finally:
-                conn.close()
+            yield path
         finally:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+@contextmanager
+def write_connection(
+    path: Path | str | None = None, timeout: float = LOCK_RETRY_SECONDS
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-write connection held under the warehouse's cross-process write lock.
+
+    Keep the block short: fetch from APIs before entering it.
+    """
+    deadline = time.monotonic() + timeout
+    with write_lock(path, timeout) as locked:
+        conn = _connect(locked, read_only=False, deadline=deadline)
+        try:
+            yield conn
+        finally:
+            conn.close()
 
 
 @contextmanager
