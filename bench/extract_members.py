@@ -43,41 +43,12 @@ import httpx2
 
 from connectors.klaviyo.client import KlaviyoClient, PrivateKeyCredentials
 from connectors.klaviyo.config import REVISION
-from connectors.klaviyo.ratelimit import TIERS, LimiterRegistry
+from connectors.klaviyo.ratelimit import TIERS, LimiterRegistry, fixed_window_ceiling_seconds
 
 PAGE_SIZE = 100
 
 
 # ---------------------------------------------------------------------------- the ceiling
-
-
-def ceiling_seconds(requests: int, start: float, burst: int, steady: int) -> float:
-    """Seconds from ``start`` until the last of ``requests`` can be admitted under both fixed windows.
-
-    Greedy is optimal for fixed windows: send as many as both the current second and the current
-    minute still allow, else jump to the next boundary of the full window.
-    """
-    if requests <= 0:
-        return 0.0
-    t = start
-    sent = 0
-    burst_used: dict[int, int] = {}
-    steady_used: dict[int, int] = {}
-    while True:
-        second, minute = math.floor(t), math.floor(t / 60)
-        room = min(burst - burst_used.get(second, 0), steady - steady_used.get(minute, 0))
-        if room > 0:
-            take = min(room, requests - sent)
-            burst_used[second] = burst_used.get(second, 0) + take
-            steady_used[minute] = steady_used.get(minute, 0) + take
-            sent += take
-            if sent == requests:
-                return t - start
-        # jump to the next boundary of whichever window is full
-        t = (minute + 1) * 60.0 if steady_used.get(minute, 0) >= steady else second + 1.0
-
-
-# ---------------------------------------------------------------------------- sandbox set-up
 
 
 def start_sandbox(scale: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
@@ -230,7 +201,7 @@ def figures(
 ) -> dict[str, Any]:
     """The figures of one run, with its ceiling computed from its actual start time."""
     elapsed = end - start
-    ceiling = ceiling_seconds(pages_per_account, start, *limits)
+    ceiling = fixed_window_ceiling_seconds(pages_per_account, start, *limits)
     return {
         "run": name,
         "accounts": accounts,

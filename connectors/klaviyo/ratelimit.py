@@ -415,3 +415,28 @@ def default_registry() -> LimiterRegistry:
     if _DEFAULT is None:
         _DEFAULT = LimiterRegistry()
     return _DEFAULT
+
+
+def fixed_window_ceiling_seconds(requests: int, start: float, burst: int, steady: int) -> float:
+    """Seconds from ``start`` until ``requests`` can all have been admitted under both fixed windows.
+
+    The best any client can do against Klaviyo's clock-aligned 1 s and 60 s windows: greedily send
+    as many as the current second and minute still allow, else move to the next boundary of the
+    full window. Benchmarks divide this by their wall time.
+    """
+    if requests <= 0:
+        return 0.0
+    t, sent = start, 0
+    burst_used: dict[int, int] = {}
+    steady_used: dict[int, int] = {}
+    while True:
+        second, minute = math.floor(t), math.floor(t / 60)
+        room = min(burst - burst_used.get(second, 0), steady - steady_used.get(minute, 0))
+        if room > 0:
+            take = min(room, requests - sent)
+            burst_used[second] = burst_used.get(second, 0) + take
+            steady_used[minute] = steady_used.get(minute, 0) + take
+            sent += take
+            if sent == requests:
+                return t - start
+        t = (minute + 1) * 60.0 if steady_used.get(minute, 0) >= steady else second + 1.0
