@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from orchestration.assets import klaviyo
+from orchestration.assets import klaviyo, recart
+from orchestration.assets.recart import LandingZoneResource, recart_landing_job, recart_landing_sensor
 from orchestration.resources import KlaviyoResource, WarehouseResource
 from orchestration.sensors.accounts import (
     klaviyo_accounts_sensor,
@@ -13,10 +14,10 @@ from orchestration.sensors.accounts import (
 )
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([klaviyo]),
-    asset_checks=dg.load_asset_checks_from_modules([klaviyo]),
-    jobs=[segment_sync_job],
-    sensors=[klaviyo_accounts_sensor],
+    assets=dg.load_assets_from_modules([klaviyo, recart]),
+    asset_checks=dg.load_asset_checks_from_modules([klaviyo, recart]),
+    jobs=[segment_sync_job, recart_landing_job],
+    sensors=[klaviyo_accounts_sensor, recart_landing_sensor],
     schedules=[klaviyo_daily_segment_sync_schedule],
     resources={
         "klaviyo": KlaviyoResource(
@@ -29,5 +30,6 @@ defs = dg.Definitions(
             encryption_key=dg.EnvVar("RECART_ENCRYPTION_KEY"),
         ),
         "warehouse": WarehouseResource(path=dg.EnvVar("WAREHOUSE_DUCKDB_PATH")),
+        "landing": LandingZoneResource(path=dg.EnvVar("RECART_LANDING_PATH")),
     },
 )

@@ -55,6 +55,7 @@ def write_env(base_url: str, key: str) -> Path:
         "RECART_STATE_DB": str(DEMO_DIR / "state.db"),
         "RECART_ENCRYPTION_KEY": key,
         "WAREHOUSE_DUCKDB_PATH": str(DEMO_DIR / "warehouse.duckdb"),
+        "RECART_LANDING_PATH": str(DEMO_DIR / "landing"),
         "DAGSTER_HOME": str(DEMO_DIR / "dagster"),
     }
     path = ROOT / ".env"

@@ -1,0 +1,205 @@
+"""The dbt project (``dbt_project/``) as Dagster assets: one asset per model, dbt tests as checks.
+
+(No ``from __future__ import annotations`` here: Dagster reads the parameter annotations.)
+
+- Asset keys mirror warehouse tables: a model is ``[<schema>, <model>]`` (``marts/segment_members``),
+  a source is ``[<source>, <table>]`` — ``recart/raw_subscribers``, ``klaviyo/raw_group_members`` —,
+  i.e. the very assets the loaders define, so lineage needs no extra mapping.
+- Groups come from the folder: ``staging``, ``intermediate``, ``marts``, ``segments``.
+- ``@dbt_assets`` reads ``dbt_project/target/manifest.json`` when this module is imported, so a
+  build step makes it first (Makefile, CI, the tests' conftest):
+  ``.venv/bin/dbt parse --quiet --project-dir dbt_project --profiles-dir dbt_project``
+  (``DBT_PARSE_COMMAND``; parsing needs no database). Under ``dg dev`` the manifest is re-parsed
+  only when a project file is newer than it: ``dg`` sets ``DAGSTER_IS_DEV_CLI`` in every process,
+  and an unguarded ``prepare_if_dev()`` would re-parse in every step process.
+- dbt writes the same DuckDB file as the loaders and dbt-duckdb does not wait for a writer, so a
+  build runs under the warehouse's cross-process write lock (``<db>.writelock``, the lock
+  ``warehouse.duckdb_file.write_connection`` takes): syncs wait for the build, the build waits for
+  a sync's short write window. The profile also retries opening while a reader holds the file.
+"""
+
+import fcntl
+import os
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+
+from orchestration.resources import WarehouseResource
+
+DBT_PROJECT_DIR = Path(__file__).resolve().parents[2] / "dbt_project"
+# The venv's dbt, whether or not the venv's bin is on PATH.
+DBT_EXECUTABLE = str(Path(sys.executable).with_name("dbt"))
+DBT_PARSE_COMMAND = [
+    DBT_EXECUTABLE,
+    "parse",
+    "--quiet",
+    "--project-dir",
+    str(DBT_PROJECT_DIR),
+    "--profiles-dir",
+    str(DBT_PROJECT_DIR),
+]
+# A daily build waits this long for a sync's write window (those are seconds long).
+WRITE_LOCK_TIMEOUT_SECONDS = 30 * 60
+SEGMENTS_FOLDER = "segments"
+SEGMENT_MEMBERS = "segment_members"
+
+dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR)
+
+
+def manifest_is_stale(project: DbtProject = dbt_project) -> bool:
+    """True when the manifest is missing or older than a file of the dbt project."""
+    if not project.manifest_path.exists():
+        return True
+    built = project.manifest_path.stat().st_mtime
+    skip = {
+        project.project_dir / "target",
+        project.project_dir / "logs",
+        project.project_dir / "dbt_packages",
+    }
+    for folder, dirs, files in os.walk(project.project_dir):
+        dirs[:] = [d for d in dirs if Path(folder, d) not in skip and not d.startswith(".")]
+        if any(Path(folder, name).stat().st_mtime > built for name in files):
+            return True
+    return False
+
+
+@contextmanager
+def _venv_on_path() -> Iterator[None]:
+    """dagster-dbt's preparer runs ``dbt`` from PATH: make it the venv's while it does."""
+    before = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.pathsep.join([str(Path(DBT_EXECUTABLE).parent), before])
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = before
+
+
+# Only under `dg dev` (prepare_if_dev checks DAGSTER_IS_DEV_CLI), and only when something changed.
+if manifest_is_stale():
+    with _venv_on_path():
+        dbt_project.prepare_if_dev()
+if not dbt_project.manifest_path.exists():
+    raise FileNotFoundError(
+        f"{dbt_project.manifest_path} is missing: run `{' '.join(DBT_PARSE_COMMAND)}` "
+        "(make dbt-parse) before loading the Dagster definitions."
+    )
+
+
+def dbt_resource() -> DbtCliResource:
+    """The ``dbt`` resource: this project, the venv's dbt."""
+    return DbtCliResource(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE)
+
+
+class WarehouseDbtTranslator(DagsterDbtTranslator):
+    """Keys that mirror warehouse tables, groups from the folder, and segment lineage."""
+
+    def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
+        if dbt_resource_props["resource_type"] == "source":
+            # The loaders' own assets: recart/raw_subscribers, klaviyo/raw_groups, ...
+            return dg.AssetKey([dbt_resource_props["source_name"], dbt_resource_props["name"]])
+        return dg.AssetKey(
+            [dbt_resource_props["schema"], dbt_resource_props.get("alias") or dbt_resource_props["name"]]
+        )
+
+    def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
+        fqn = dbt_resource_props.get("fqn") or []
+        return fqn[1] if len(fqn) > 2 else None  # staging / intermediate / marts / segments
+
+    def get_asset_spec(
+        self, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None
+    ) -> dg.AssetSpec:
+        spec = super().get_asset_spec(manifest, unique_id, project)
+        props = self.get_resource_props(manifest, unique_id)
+        if props["resource_type"] == "model" and props["name"] == SEGMENT_MEMBERS:
+            # segment_members inlines every segment model (found through dbt's graph at run time,
+            # which dbt's own dependencies cannot express): show them as its upstream.
+            segments = [
+                self.get_asset_key(node)
+                for node in manifest["nodes"].values()
+                if node["resource_type"] == "model"
+                and len(node["fqn"]) > 2
+                and node["fqn"][1] == SEGMENTS_FOLDER
+            ]
+            known = {dep.asset_key for dep in spec.deps}
+            spec = spec.merge_attributes(deps=[key for key in segments if key not in known])
+        return spec
+
+
+class DbtBuildConfig(dg.Config):
+    """Run config of a build (all optional)."""
+
+    full_refresh: bool = False  # rebuild incremental models from scratch
+    as_of: str | None = None  # judge "now" at this ISO time (segments, outdated groups); default: run start
+
+
+@contextmanager
+def warehouse_write_lock(database: Path, timeout: float = WRITE_LOCK_TIMEOUT_SECONDS) -> Iterator[None]:
+    """Hold the warehouse's cross-process write lock (the one ``warehouse.duckdb_file`` takes)."""
+    database.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    with open(database.with_suffix(database.suffix + ".writelock"), "a+") as lock_file:
+        while True:
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"waited {timeout:.0f}s for the warehouse write lock on {database}"
+                    ) from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def build_args(config: DbtBuildConfig) -> list[str]:
+    """The dbt command line of a build."""
+    args = ["build"]
+    if config.full_refresh:
+        args.append("--full-refresh")
+    if config.as_of:
+        args += ["--vars", f'{{"as_of": "{config.as_of}"}}']
+    return args
+
+
+@dbt_assets(
+    manifest=dbt_project.manifest_path,
+    project=dbt_project,
+    dagster_dbt_translator=WarehouseDbtTranslator(),
+    pool="warehouse_dbt",
+)
+def warehouse_dbt_assets(
+    context: dg.AssetExecutionContext,
+    config: DbtBuildConfig,
+    dbt: DbtCliResource,
+    warehouse: WarehouseResource,
+):
+    """``dbt build`` (models, data tests, unit tests) of the selected models, under the write lock."""
+    database = Path(warehouse.path).resolve()
+    with warehouse_write_lock(database):
+        # dbt runs in the project folder: give it the warehouse as an absolute path.
+        with _environment(WAREHOUSE_DUCKDB_PATH=str(database), DBT_SEND_ANONYMOUS_USAGE_STATS="false"):
+            invocation = dbt.cli(build_args(config), context=context)
+        yield from invocation.stream()
