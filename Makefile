@@ -39,8 +39,10 @@ dev: venv  ## after `make demo`: serve the demo's sandbox world and open Dagster
 	set -m; $(BIN)/klaviyo-sandbox serve --seed demo --port 8765 --state .state/demo/sandbox.json & \
 	  trap 'kill -INT $$!' EXIT; set -a; . ./.env; set +a; $(BIN)/dg dev -w workspace.yaml -p 3000
 
-bench: venv
+bench: venv  ## every benchmark (about 12 minutes); each ends with one JSON line of figures
 	$(BIN)/python bench/sandbox_throughput.py
+	$(BIN)/python bench/extract_members.py
+	$(BIN)/python bench/segment_sync.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
