@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from orchestration.assets import klaviyo, recart
+from orchestration.assets import dbt, klaviyo, recart
 from orchestration.assets.recart import LandingZoneResource, recart_landing_job, recart_landing_sensor
 from orchestration.resources import KlaviyoResource, WarehouseResource
 from orchestration.sensors.accounts import (
@@ -14,7 +14,7 @@ from orchestration.sensors.accounts import (
 )
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([klaviyo, recart]),
+    assets=dg.load_assets_from_modules([klaviyo, recart, dbt]),
     asset_checks=dg.load_asset_checks_from_modules([klaviyo, recart]),
     jobs=[segment_sync_job, recart_landing_job],
     sensors=[klaviyo_accounts_sensor, recart_landing_sensor],
@@ -31,5 +31,6 @@ defs = dg.Definitions(
         ),
         "warehouse": WarehouseResource(path=dg.EnvVar("WAREHOUSE_DUCKDB_PATH")),
         "landing": LandingZoneResource(path=dg.EnvVar("RECART_LANDING_PATH")),
+        "dbt": dbt.dbt_resource(),
     },
 )

@@ -12,8 +12,14 @@ import httpx2
 import pytest
 
 from klaviyo_sandbox.server import RunningSandbox, create_sandbox, running_sandbox
+from orchestration.dbt_manifest import parse_if_stale
 
 os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """``@dbt_assets`` reads dbt's manifest at import (the definitions load it): parse once if stale."""
+    parse_if_stale()
 
 
 @pytest.fixture(scope="session")

@@ -15,14 +15,12 @@
 - dbt writes the same DuckDB file as the loaders and dbt-duckdb does not wait for a writer, so a
   build runs under the warehouse's cross-process write lock (``<db>.writelock``, the lock
   ``warehouse.duckdb_file.write_connection`` takes): syncs wait for the build, the build waits for
-  a sync's short write window. The profile also retries opening while a reader holds the file.
+  a sync's short write window (``warehouse.duckdb_file.write_lock``). The profile also retries
+  opening while a reader holds the file.
 """
 
-import fcntl
 import os
-import sys
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,43 +28,17 @@ from typing import Any
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
+from orchestration.dbt_manifest import DBT_EXECUTABLE, DBT_PARSE_COMMAND, DBT_PROJECT_DIR, manifest_is_stale
 from orchestration.resources import WarehouseResource
+from warehouse.duckdb_file import write_lock
 
-DBT_PROJECT_DIR = Path(__file__).resolve().parents[2] / "dbt_project"
-# The venv's dbt, whether or not the venv's bin is on PATH.
-DBT_EXECUTABLE = str(Path(sys.executable).with_name("dbt"))
-DBT_PARSE_COMMAND = [
-    DBT_EXECUTABLE,
-    "parse",
-    "--quiet",
-    "--project-dir",
-    str(DBT_PROJECT_DIR),
-    "--profiles-dir",
-    str(DBT_PROJECT_DIR),
-]
 # A daily build waits this long for a sync's write window (those are seconds long).
 WRITE_LOCK_TIMEOUT_SECONDS = 30 * 60
 SEGMENTS_FOLDER = "segments"
 SEGMENT_MEMBERS = "segment_members"
+SEGMENT_MEMBERS_KEY = dg.AssetKey(["marts", SEGMENT_MEMBERS])
 
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR)
-
-
-def manifest_is_stale(project: DbtProject = dbt_project) -> bool:
-    """True when the manifest is missing or older than a file of the dbt project."""
-    if not project.manifest_path.exists():
-        return True
-    built = project.manifest_path.stat().st_mtime
-    skip = {
-        project.project_dir / "target",
-        project.project_dir / "logs",
-        project.project_dir / "dbt_packages",
-    }
-    for folder, dirs, files in os.walk(project.project_dir):
-        dirs[:] = [d for d in dirs if Path(folder, d) not in skip and not d.startswith(".")]
-        if any(Path(folder, name).stat().st_mtime > built for name in files):
-            return True
-    return False
 
 
 @contextmanager
@@ -139,28 +111,6 @@ class DbtBuildConfig(dg.Config):
 
 
 @contextmanager
-def warehouse_write_lock(database: Path, timeout: float = WRITE_LOCK_TIMEOUT_SECONDS) -> Iterator[None]:
-    """Hold the warehouse's cross-process write lock (the one ``warehouse.duckdb_file`` takes)."""
-    database.parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + timeout
-    with open(database.with_suffix(database.suffix + ".writelock"), "a+") as lock_file:
-        while True:
-            try:
-                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"waited {timeout:.0f}s for the warehouse write lock on {database}"
-                    ) from None
-                time.sleep(0.1)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
-
-
-@contextmanager
 def _environment(**values: str) -> Iterator[None]:
     before = {name: os.environ.get(name) for name in values}
     os.environ.update(values)
@@ -198,8 +148,28 @@ def warehouse_dbt_assets(
 ):
     """``dbt build`` (models, data tests, unit tests) of the selected models, under the write lock."""
     database = Path(warehouse.path).resolve()
-    with warehouse_write_lock(database):
+    with write_lock(database, timeout=WRITE_LOCK_TIMEOUT_SECONDS):
         # dbt runs in the project folder: give it the warehouse as an absolute path.
         with _environment(WAREHOUSE_DUCKDB_PATH=str(database), DBT_SEND_ANONYMOUS_USAGE_STATS="false"):
             invocation = dbt.cli(build_args(config), context=context)
-        yield from invocation.stream()
+        yield from segment_members_last(context, invocation.stream())
+
+
+def segment_members_last(context: dg.AssetExecutionContext, events: Iterable[Any]) -> Iterator[Any]:
+    """Hold back segment_members' events until the stream ends.
+
+    Dagster wants a multi-asset's outputs in topological order, and segment_members is downstream
+    of every segment model here (see the translator) while dbt, which does not know that, may
+    build it before some of them (it inlines their code, so its result is the same either way).
+    """
+    held = []
+    for event in events:
+        if isinstance(event, dg.Output):
+            key = context.assets_def.keys_by_output_name.get(event.output_name)
+        else:
+            key = getattr(event, "asset_key", None)
+        if key == SEGMENT_MEMBERS_KEY:
+            held.append(event)
+        else:
+            yield event
+    yield from held

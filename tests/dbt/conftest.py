@@ -1,0 +1,126 @@
+"""The dbt project's tests: the manifest, a scenario warehouse, and ways to run dbt against it.
+
+``@dbt_assets`` reads dbt's manifest when ``orchestration.assets.dbt`` is imported; the root
+``tests/conftest.py`` runs ``dbt parse`` once per session when the manifest is missing or stale.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pytest
+from warehouse_scenario import AS_OF, build_warehouse
+
+ROOT = Path(__file__).resolve().parents[2]
+DBT_PROJECT_DIR = ROOT / "dbt_project"
+DBT = str(Path(sys.executable).with_name("dbt"))
+# The scenario's second account reads national phone numbers as British.
+SCENARIO_VARS = json.dumps({"as_of": AS_OF.isoformat(), "phone_default_countries": {"brit": "GB"}})
+
+os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+
+
+def run_dbt(
+    args: list[str], database: Path, work: Path, project_dir: Path = DBT_PROJECT_DIR
+) -> subprocess.CompletedProcess[str]:
+    """``dbt <args>`` in a subprocess with the project's own profile, against ``database``.
+
+    Artifacts and logs go to ``work``, so the repository's manifest is left alone.
+    """
+    return subprocess.run(
+        [
+            DBT,
+            *args,
+            "--project-dir",
+            str(project_dir),
+            "--profiles-dir",
+            str(project_dir),
+            "--target-path",
+            str(work / "target"),
+            "--log-path",
+            str(work / "logs"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={**os.environ, "WAREHOUSE_DUCKDB_PATH": str(database), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
+    )
+
+
+@dataclass
+class BuiltWarehouse:
+    """The scenario warehouse after one full ``dbt build``."""
+
+    path: Path
+    build: subprocess.CompletedProcess[str]
+
+    def query(self, sql: str, params: list | None = None) -> list[tuple]:
+        conn = duckdb.connect(str(self.path), read_only=True)
+        try:
+            conn.execute("set timezone = 'UTC'")
+            return conn.execute(sql, params or []).fetchall()
+        finally:
+            conn.close()
+
+    def copy(self, to: Path) -> Path:
+        """A copy of the built warehouse file to change freely."""
+        shutil.copyfile(self.path, to)
+        return to
+
+
+@pytest.fixture(scope="session")
+def built_warehouse(tmp_path_factory: pytest.TempPathFactory) -> BuiltWarehouse:
+    """The scenario's raw tables, then ``dbt build`` (models, data tests, unit tests) as of AS_OF."""
+    work = tmp_path_factory.mktemp("dbt_build")
+    database = work / "warehouse.duckdb"
+    build_warehouse(database)
+    build = run_dbt(["build", "--vars", SCENARIO_VARS], database, work)
+    return BuiltWarehouse(database, build)
+
+
+@pytest.fixture
+def dbt_in_process(tmp_path: Path) -> Iterator[Callable[..., bool]]:
+    """Run dbt in this process (no 4 s start-up per call) against a database of the caller's choice.
+
+    The profile is the project's except ``keep_open: false``, so the file is released after each
+    call and the test can read it in between.
+    """
+    from dbt.cli.main import dbtRunner
+
+    runner = dbtRunner()
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+
+    def invoke(args: list[str], database: Path, project_dir: Path = DBT_PROJECT_DIR) -> bool:
+        (profiles / "profiles.yml").write_text(
+            "recart_warehouse:\n  target: dev\n  outputs:\n    dev:\n"
+            f"      type: duckdb\n      path: '{database}'\n      threads: 2\n      keep_open: false\n"
+            "      settings: {TimeZone: UTC}\n"
+        )
+        result = runner.invoke(
+            [
+                *args,
+                "--quiet",
+                "--project-dir",
+                str(project_dir),
+                "--profiles-dir",
+                str(profiles),
+                "--target-path",
+                str(tmp_path / "target"),
+                "--log-path",
+                str(tmp_path / "logs"),
+            ]
+        )
+        invoke.last_result = result  # type: ignore[attr-defined]
+        return result.success
+
+    yield invoke
