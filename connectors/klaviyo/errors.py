@@ -76,7 +76,6 @@ class EncryptionKeyError(KlaviyoError):
     """The encryption key is missing or malformed, or cannot decrypt what the store holds."""
 
 
-
 class ConnectionError_(KlaviyoError):  # trailing underscore: not the builtin ConnectionError
     """Base of connection-state errors: the connection cannot be used for API calls right now."""
 

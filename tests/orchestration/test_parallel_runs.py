@@ -17,8 +17,10 @@ def _run_partition(klaviyo_config: dict, warehouse_path: str, partition: str, qu
     instance.add_dynamic_partitions(klaviyo_accounts.name, [partition])
     result = dg.materialize(
         [klaviyo_segment_sync],
-        resources={"klaviyo": KlaviyoResource(**klaviyo_config),
-                   "warehouse": WarehouseResource(path=warehouse_path)},
+        resources={
+            "klaviyo": KlaviyoResource(**klaviyo_config),
+            "warehouse": WarehouseResource(path=warehouse_path),
+        },
         partition_key=partition,
         instance=instance,
         raise_on_error=False,
@@ -45,9 +47,11 @@ def test_two_accounts_sync_in_parallel_processes(world):
     assert outcomes == [("shop-a", True, []), ("shop-b", True, [])]
     store = world.running.sandbox.store
     with world.warehouse.read() as conn:
-        counts = dict(conn.execute(
-            "select account_id, count(*) from klaviyo.raw_group_members where valid_to is null group by 1"
-        ).fetchall())
+        counts = dict(
+            conn.execute(
+                "select account_id, count(*) from klaviyo.raw_group_members where valid_to is null group by 1"
+            ).fetchall()
+        )
     for shop, index in (("shop-a", 0), ("shop-b", 1)):
         account = store.accounts[world.accounts[index]["id"]]
         expected = sum(len(g.members) for g in (*account.segments.values(), *account.lists.values()))
