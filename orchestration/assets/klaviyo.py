@@ -20,6 +20,7 @@ from orchestration.segment_sync import SyncResult, summarize, sync_account
 
 RAW_GROUPS = dg.AssetKey(["klaviyo", "raw_groups"])
 RAW_GROUP_MEMBERS = dg.AssetKey(["klaviyo", "raw_group_members"])
+GROUP_SYNC_STATUS = dg.AssetKey(["klaviyo", "group_sync_status"])
 FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=26))
 
 MEMBER_COUNT_CHECK = "raw_group_members_match_klaviyo_profile_count"
@@ -53,6 +54,14 @@ class SegmentSyncConfig(dg.Config):
             kinds={"python", "duckdb"},
             group_name="ingestion",
             freshness_policy=FRESHNESS,
+        ),
+        dg.AssetSpec(
+            GROUP_SYNC_STATUS,
+            description=(
+                "Per segment and list: last synced at, joined_group_at watermark, counts, joins, leaves."
+            ),
+            kinds={"python", "duckdb"},
+            group_name="ingestion",
         ),
     ],
     check_specs=[
@@ -120,6 +129,9 @@ def klaviyo_segment_sync(
         },
     )
     yield dg.MaterializeResult(asset_key=RAW_GROUP_MEMBERS, metadata={**figures, "as_of": as_of})
+    yield dg.MaterializeResult(
+        asset_key=GROUP_SYNC_STATUS, metadata={"groups": result.groups_synced, "as_of": as_of}
+    )
 
     mismatched = {
         group_id: {"warehouse": ours, "klaviyo": theirs}

@@ -10,7 +10,9 @@ from orchestration.resources import KlaviyoResource
 
 segment_sync_job = dg.define_asset_job(
     "klaviyo_segment_sync_job",
-    selection=dg.AssetSelection.assets(["klaviyo", "raw_groups"], ["klaviyo", "raw_group_members"]),
+    selection=dg.AssetSelection.assets(
+        ["klaviyo", "raw_groups"], ["klaviyo", "raw_group_members"], ["klaviyo", "group_sync_status"]
+    ),
     description="Sync Klaviyo segments and lists of one account (partition) into the warehouse.",
 )
 
