@@ -37,6 +37,7 @@ from warehouse.klaviyo_membership import (
     group_states,
     load_account_sync,
     needs_sweep,
+    outdated_groups,
     table_exists,
 )
 
@@ -53,6 +54,7 @@ class SyncResult:
     groups_synced: int
     full_reads: int
     sweeps: int
+    outdated_skipped: int
     changes: list[GroupChange]
     # group id -> (members now in the warehouse, Klaviyo's profile_count or None)
     counts: dict[str, tuple[int, int | None]] = field(default_factory=dict)
@@ -158,6 +160,7 @@ async def sync_account(
     *,
     only_groups: set[str] | None = None,
     force_full: bool = False,
+    include_outdated: bool = False,
     include_lists: bool = True,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> SyncResult:
@@ -174,10 +177,16 @@ async def sync_account(
             raise ValueError(
                 f"account {account_id}: no segment or list with id {', '.join(unknown)} at Klaviyo"
             )
-    wanted = [row.group_id for row in catalog if only_groups is None or row.group_id in only_groups]
-
     with read() as conn:
         states: dict[str, GroupState] = group_states(conn, account_id)
+        outdated = set() if include_outdated else outdated_groups(conn, account_id)
+    # Outdated groups stop syncing; asking for one by id (a resync) still reads it.
+    wanted = [
+        row.group_id
+        for row in catalog
+        if (only_groups is None and row.group_id not in outdated)
+        or (only_groups is not None and row.group_id in only_groups)
+    ]
     fresh = [g for g in wanted if force_full or g not in states]
     known = [g for g in wanted if g not in fresh]
 
@@ -232,6 +241,7 @@ async def sync_account(
         groups_synced=len(wanted),
         full_reads=len(fresh),
         sweeps=len(to_sweep),
+        outdated_skipped=len([g for g in outdated if g in kinds and g not in wanted]),
         changes=changes,
         counts={c.group_id: (c.member_count, counts.get(c.group_id)) for c in changes},
         api=dict(client.stats.as_metadata()),
@@ -250,6 +260,7 @@ def summarize(result: SyncResult) -> dict[str, Any]:
         "leaves": result.leaves,
         "full_reads": result.full_reads,
         "sweeps": result.sweeps,
+        "outdated_skipped": result.outdated_skipped,
         "api_calls": int(result.api.get("api_calls", 0)),
         "retries": int(result.api.get("retries", 0)),
         "throttled_429s": int(result.api.get("throttled", 0)),

@@ -167,6 +167,20 @@ def group_states(conn: duckdb.DuckDBPyConnection, account_id: str) -> dict[str, 
     return {row[0]: GroupState(row[0], row[1], row[2], row[3]) for row in rows}
 
 
+def outdated_groups(conn: duckdb.DuckDBPyConnection, account_id: str) -> set[str]:
+    """Groups dbt marks outdated (no draft/active flow or scheduled campaign used them for 14 days).
+
+    Read from ``marts.klaviyo_group_usage``; before dbt has built it, nothing is outdated.
+    """
+    if not table_exists(conn, "klaviyo_group_usage", schema="marts"):
+        return set()
+    rows = conn.execute(
+        "select group_id from marts.klaviyo_group_usage where account_id = ? and is_outdated",
+        [account_id],
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
 def needs_sweep(previous_members: int, new_joins: int, klaviyo_profile_count: int | None) -> bool:
     """True when someone must have left (or the count is unknown): then sweep the ids.
 

@@ -32,6 +32,7 @@ class SegmentSyncConfig(dg.Config):
 
     group_ids: list[str] = []  # sync only these segments/lists (default: all)
     force_full: bool = False  # re-read every member instead of reading incrementally
+    include_outdated: bool = False  # also resync segments marked outdated (unused for 14 days)
 
 
 @dg.multi_asset(
@@ -110,6 +111,7 @@ def klaviyo_segment_sync(
                     warehouse.write,
                     only_groups=set(config.group_ids) or None,
                     force_full=config.force_full,
+                    include_outdated=config.include_outdated,
                 )
 
         result = asyncio.run(run())

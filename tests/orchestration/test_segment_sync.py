@@ -214,3 +214,45 @@ def test_two_accounts_never_mix(world, accounts):
         )
     assert set(groups["shop-a"]) == set(a.segments) | set(a.lists)
     assert set(groups["shop-b"]) == set(b.segments) | set(b.lists)
+
+
+def mark_outdated(world, group_ids: list[str], account: str = SHOP) -> None:
+    """What dbt's ``marts.klaviyo_group_usage`` says after 14 days without use."""
+    with world.warehouse.write() as conn:
+        conn.execute("create schema if not exists marts")
+        conn.execute(
+            "create or replace table marts.klaviyo_group_usage"
+            " (account_id varchar, group_id varchar, is_outdated boolean)"
+        )
+        conn.executemany(
+            "insert into marts.klaviyo_group_usage values (?, ?, true)", [(account, g) for g in group_ids]
+        )
+
+
+def last_synced(world, group_id: str):
+    with world.warehouse.read() as conn:
+        return conn.execute(
+            "select last_synced_at from klaviyo.group_sync_status where account_id = ? and group_id = ?",
+            [SHOP, group_id],
+        ).fetchone()[0]
+
+
+def test_outdated_segments_stop_syncing_and_a_resync_brings_one_back(world):
+    world.connect(SHOP, 0)
+    assert sync(world).success
+    outdated = segments_of(world)[:2]
+    mark_outdated(world, outdated)
+    before = last_synced(world, outdated[0])
+    daily = sync(world)
+    meta = member_metadata(daily)
+    assert meta["outdated_skipped"] == 2
+    assert last_synced(world, outdated[0]) == before  # not synced: still readable, with its old as-of
+    assert current_members(world, outdated[0])  # last snapshot kept
+    fresh = segments_of(world)[2]
+    assert last_synced(world, fresh) > before
+    resync = sync(world, group_ids=[outdated[0]])  # the operator asks for one outdated segment
+    assert resync.success and member_metadata(resync)["segments"] == 1
+    assert last_synced(world, outdated[0]) > before
+    everything = member_metadata(sync(world, include_outdated=True))  # or all of them at once
+    assert everything["outdated_skipped"] == 0
+    assert last_synced(world, outdated[1]) > before
