@@ -7,6 +7,8 @@
 3. Materializes the segment sync through Dagster for every shop (a persistent Dagster instance in
    ``.state/demo/dagster``, so the runs show up in the UI), changes segment membership at Klaviyo as
    a day would, syncs again, and prints what was synced, what changed and where the data is.
+4. Writes Recart's demo data (the same people) to the landing zone, loads it and builds the dbt
+   project through Dagster, and prints each analyst segment's size per shop.
 """
 
 from __future__ import annotations
@@ -62,6 +64,56 @@ def write_env(base_url: str, key: str) -> Path:
     path.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     path.chmod(0o600)
     return path
+
+
+def recart_and_dbt(instance: dg.DagsterInstance, warehouse: WarehouseResource) -> None:
+    """Recart's demo data into the landing zone, loaded and modelled through Dagster."""
+    from connectors.recart.demo_data import generate
+    from orchestration.assets import dbt as dbt_assets
+    from orchestration.assets.recart import RECART_ASSETS, LandingZoneResource
+
+    landing = DEMO_DIR / "landing"
+    generate(landing, scale="demo", overwrite=True)
+    print(f"\nRecart demo data (the same people, a share written messily) in {landing}; loading:")
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    loaded = dg.materialize(
+        list(RECART_ASSETS.values()),
+        instance=instance,
+        run_config=quiet,
+        resources={"landing": LandingZoneResource(path=str(landing)), "warehouse": warehouse},
+    )
+    for event in loaded.get_asset_materialization_events():
+        meta = {k: v.value for k, v in event.materialization.metadata.items()}
+        print(
+            f"  {'/'.join(event.materialization.asset_key.path):<28} "
+            f"{meta.get('rows_loaded', 0):>7} rows loaded, {meta.get('rows_rejected', 0)} rejected"
+        )
+    os.environ["WAREHOUSE_DUCKDB_PATH"] = warehouse.path
+    started = time.monotonic()
+    built = dg.materialize(
+        [dbt_assets.warehouse_dbt_assets],
+        instance=instance,
+        run_config=quiet,
+        resources={"dbt": dbt_assets.dbt_resource(), "warehouse": warehouse},
+    )
+    print(
+        f"  dbt build through Dagster: {'ok' if built.success else 'FAILED'} "
+        f"({len(built.get_asset_materialization_events())} models, {time.monotonic() - started:.0f}s)"
+    )
+
+    from warehouse.duckdb_file import read_connection
+
+    with read_connection(warehouse.path) as conn:
+        sizes = conn.execute(
+            """
+            select account_id, segment_name, count(*), min(klaviyo_as_of)
+            from marts.segment_members group by all order by account_id, segment_name
+            """
+        ).fetchall()
+    print("\nAnalyst segments (marts.segment_members):")
+    for account, name, members, as_of in sizes:
+        when = f"Klaviyo data as of {as_of:%Y-%m-%d %H:%M} UTC" if as_of else "no Klaviyo data"
+        print(f"  {account:<13} {name:<36} {members:>6} subscribers  ({when})")
 
 
 def main() -> None:
@@ -140,6 +192,8 @@ def main() -> None:
                 timeout=30,
             )
             sync_all(f"Day 2: 80 left and 120 joined {segment.name!r}; incremental sync, one sweep")
+
+        recart_and_dbt(instance, warehouse)
 
     from warehouse.duckdb_file import read_connection
 
