@@ -328,30 +328,25 @@ def test_header_parsers() -> None:
     assert parse_retry_after("soon", 0, default=2.5) == 2.5
 
 
-def test_a_scaled_server_scales_the_extra_quotas_it_does_not_announce() -> None:
-    clock = FakeClock()
-    limits = registry(clock)
-    count = EXTRA_TIERS["additional-fields[segment]=profile_count"]
-
-    async def scenario() -> None:
-        permit = await limits.acquire(KEY, [TIERS["L"], count])
+@pytest.mark.parametrize(
+    ("announced", "expected"),
+    [
         # a sandbox at x2 announces 150/s, 1500/min for the endpoint's own quota only
-        permit.settle(200, {"RateLimit-Limit": "150, 150;w=1, 1500;w=60", "RateLimit-Remaining": "149"})
-
-    asyncio.run(scenario())
-    extra = limits.bucket(KEY, count)
-    assert (extra.burst, extra.steady) == (2, 30)
-
-
-def test_klaviyos_own_limits_leave_the_extra_quotas_as_published() -> None:
-    clock = FakeClock()
-    limits = registry(clock)
+        ("150, 150;w=1, 1500;w=60", (2, 30)),
+        # Klaviyo's own limits leave the extra quota as published
+        ("75, 75;w=1, 750;w=60", (1, 15)),
+    ],
+)
+def test_extra_quotas_follow_the_scale_the_server_announces(
+    announced: str, expected: tuple[int, int]
+) -> None:
+    limits = registry(FakeClock())
     count = EXTRA_TIERS["additional-fields[segment]=profile_count"]
 
     async def scenario() -> None:
         permit = await limits.acquire(KEY, [TIERS["L"], count])
-        permit.settle(200, {"RateLimit-Limit": "75, 75;w=1, 750;w=60", "RateLimit-Remaining": "74"})
+        permit.settle(200, {"RateLimit-Limit": announced, "RateLimit-Remaining": "1"})
 
     asyncio.run(scenario())
     extra = limits.bucket(KEY, count)
-    assert (extra.burst, extra.steady) == (1, 15)
+    assert (extra.burst, extra.steady) == expected
