@@ -818,31 +818,54 @@ class KlaviyoClient:
     ) -> int:
         """Subscribe people to a list with their consent, 1,000 per job; returns the number of jobs sent.
 
-        ``historical_import`` records past consent (``consented_at`` required and sent only then) and
+        ``historical_import`` records past consent (consent times required and sent only then) and
         skips double opt-in and "Added to List" flows. Subscribing lifts unsubscribe and user
         suppressions, so callers only push people whose consent changed.
         """
-        if historical_import and any(p.consented_at is None for p in profiles):
-            raise ValueError("historical_import needs consented_at on every profile")
         jobs = 0
         for start in range(0, len(profiles), MAX_SUBSCRIBE_PER_JOB):
-            chunk = profiles[start : start + MAX_SUBSCRIBE_PER_JOB]
-            attributes: dict[str, Any] = {
-                "historical_import": historical_import,
-                "profiles": {"data": [_subscribe_item(p, historical_import) for p in chunk]},
-            }
-            if custom_source:
-                attributes["custom_source"] = custom_source
-            body = {
-                "data": {
-                    "type": "profile-subscription-bulk-create-job",
-                    "attributes": attributes,
-                    "relationships": {"list": {"data": {"type": "list", "id": list_id}}},
-                }
-            }
-            await self._request("bulk_subscribe_profiles", body=body)
+            await self.subscribe_job(
+                list_id,
+                profiles[start : start + MAX_SUBSCRIBE_PER_JOB],
+                historical_import=historical_import,
+                custom_source=custom_source,
+            )
             jobs += 1
         return jobs
+
+    async def subscribe_job(
+        self,
+        list_id: str,
+        profiles: Sequence[SubscribeProfile],
+        *,
+        historical_import: bool = False,
+        custom_source: str | None = None,
+    ) -> None:
+        """One bulk subscribe job (at most 1,000 profiles); Klaviyo accepts (202) or rejects it whole.
+
+        A 400 for one bad profile rejects the batch with ``InvalidRequestError`` whose ``pointer``
+        names the item (``/data/attributes/profiles/data/<index>…``).
+        """
+        if not 0 < len(profiles) <= MAX_SUBSCRIBE_PER_JOB:
+            raise ValueError(
+                f"a subscribe job takes 1 to {MAX_SUBSCRIBE_PER_JOB} profiles, got {len(profiles)}"
+            )
+        if historical_import and not all(p.has_consent_times for p in profiles):
+            raise ValueError("historical_import needs a consent time for every channel consented to")
+        attributes: dict[str, Any] = {
+            "historical_import": historical_import,
+            "profiles": {"data": [_subscribe_item(p, historical_import) for p in profiles]},
+        }
+        if custom_source:
+            attributes["custom_source"] = custom_source
+        body = {
+            "data": {
+                "type": "profile-subscription-bulk-create-job",
+                "attributes": attributes,
+                "relationships": {"list": {"data": {"type": "list", "id": list_id}}},
+            }
+        }
+        await self._request("bulk_subscribe_profiles", body=body)
 
     async def bulk_unsubscribe(
         self,
@@ -856,36 +879,32 @@ class KlaviyoClient:
         With a list, members of it are unsubscribed from that list; Klaviyo unsubscribes anyone not
         in the list (and everyone when ``list_id`` is None) globally. Returns the number of jobs sent.
         """
-        items: list[dict[str, Any]] = [
-            {
-                "type": "profile",
-                "attributes": {
-                    "email": email,
-                    "subscriptions": {"email": {"marketing": {"consent": "UNSUBSCRIBED"}}},
-                },
-            }
-            for email in emails
-        ] + [
-            {
-                "type": "profile",
-                "attributes": {
-                    "phone_number": phone,
-                    "subscriptions": {"sms": {"marketing": {"consent": "UNSUBSCRIBED"}}},
-                },
-            }
-            for phone in phone_numbers
-        ]
+        items = [("email", email) for email in emails] + [("sms", phone) for phone in phone_numbers]
         jobs = 0
         for start in range(0, len(items), MAX_UNSUBSCRIBE_PER_JOB):
-            data: dict[str, Any] = {
-                "type": "profile-subscription-bulk-delete-job",
-                "attributes": {"profiles": {"data": items[start : start + MAX_UNSUBSCRIBE_PER_JOB]}},
-            }
-            if list_id is not None:
-                data["relationships"] = {"list": {"data": {"type": "list", "id": list_id}}}
-            await self._request("bulk_unsubscribe_profiles", body={"data": data})
+            await self.unsubscribe_job(list_id, items[start : start + MAX_UNSUBSCRIBE_PER_JOB])
             jobs += 1
         return jobs
+
+    async def unsubscribe_job(self, list_id: str | None, items: Sequence[tuple[str, str]]) -> None:
+        """One bulk unsubscribe job of at most 100 ``(channel, contact)`` pairs.
+
+        ``channel`` is ``"email"`` (the contact an address: email marketing) or ``"sms"`` (an E.164
+        number: SMS marketing). List semantics as in ``bulk_unsubscribe``.
+        """
+        if not 0 < len(items) <= MAX_UNSUBSCRIBE_PER_JOB:
+            raise ValueError(
+                f"an unsubscribe job takes 1 to {MAX_UNSUBSCRIBE_PER_JOB} profiles, got {len(items)}"
+            )
+        data: dict[str, Any] = {
+            "type": "profile-subscription-bulk-delete-job",
+            "attributes": {
+                "profiles": {"data": [_unsubscribe_item(channel, contact) for channel, contact in items]}
+            },
+        }
+        if list_id is not None:
+            data["relationships"] = {"list": {"data": {"type": "list", "id": list_id}}}
+        await self._request("bulk_unsubscribe_profiles", body={"data": data})
 
     async def create_bulk_import(
         self, profiles: Sequence[Mapping[str, Any]], list_ids: Sequence[str] = ()
@@ -1056,23 +1075,43 @@ def _collection(document: Mapping[str, Any] | None, endpoint: str) -> list[Any]:
 
 
 def _subscribe_item(profile: SubscribeProfile, historical_import: bool) -> dict[str, Any]:
-    def consent() -> dict[str, Any]:
+    def consent(at: datetime | None) -> dict[str, Any]:
         granted: dict[str, Any] = {"consent": "SUBSCRIBED"}
-        if historical_import and profile.consented_at is not None:
-            granted["consented_at"] = profile.consented_at.astimezone(UTC).isoformat()
+        if historical_import and at is not None:
+            granted["consented_at"] = at.astimezone(UTC).isoformat()
         return granted
 
     subscriptions: dict[str, Any] = {}
     if profile.email_consent:
-        subscriptions["email"] = {"marketing": consent()}
+        subscriptions["email"] = {"marketing": consent(profile.email_consented_at)}
     if profile.sms_consent:
-        subscriptions["sms"] = {"marketing": consent()}
+        subscriptions["sms"] = {"marketing": consent(profile.sms_consented_at)}
     attributes: dict[str, Any] = {"subscriptions": subscriptions}
     if profile.email:
         attributes["email"] = profile.email
     if profile.phone_number:
         attributes["phone_number"] = profile.phone_number
     return {"type": "profile", "attributes": attributes}
+
+
+def _unsubscribe_item(channel: str, contact: str) -> dict[str, Any]:
+    if channel == "email":
+        return {
+            "type": "profile",
+            "attributes": {
+                "email": contact,
+                "subscriptions": {"email": {"marketing": {"consent": "UNSUBSCRIBED"}}},
+            },
+        }
+    if channel == "sms":
+        return {
+            "type": "profile",
+            "attributes": {
+                "phone_number": contact,
+                "subscriptions": {"sms": {"marketing": {"consent": "UNSUBSCRIBED"}}},
+            },
+        }
+    raise ValueError(f"unknown channel {channel!r} (expected 'email' or 'sms')")
 
 
 def _error_from(response: httpx2.Response, endpoint: str) -> KlaviyoApiError:
@@ -1103,6 +1142,7 @@ def _error_from(response: httpx2.Response, endpoint: str) -> KlaviyoApiError:
         cls = InvalidRequestError
     source = first.get("source")
     detail = text("detail")
+    where = None
     if isinstance(source, Mapping) and source:
         where = source.get("pointer") or source.get("parameter")
         if where and detail:
@@ -1114,4 +1154,5 @@ def _error_from(response: httpx2.Response, endpoint: str) -> KlaviyoApiError:
         code=text("code"),
         error_id=text("id"),
         detail=detail,
+        pointer=str(where) if where else None,
     )

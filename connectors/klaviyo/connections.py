@@ -41,6 +41,7 @@ from connectors.klaviyo.errors import (
     EncryptionKeyError,
     OAuthCallbackError,
 )
+from connectors.klaviyo.push_settings import PushSettings
 
 __all__ = [
     "ENCRYPTION_KEY_ENV",
@@ -193,6 +194,16 @@ create table if not exists connection_events (
     detail text not null default '{}'
 );
 create index if not exists connection_events_by_account on connection_events (recart_account_id, event_id);
+create table if not exists push_settings (
+    recart_account_id text primary key,
+    email_list_id text,
+    sms_list_id text,
+    sms_countries text not null,
+    list_names text not null default '{}',
+    enabled integer not null,
+    enabled_since text,
+    updated_at text not null
+);
 """
 
 _CONNECTION_COLUMNS = (
@@ -765,6 +776,87 @@ class ConnectionStore:
                 .fetchone()
             )
         return None if row is None else _connection(row)
+
+    # ------------------------------------------------------------------------ subscriber push settings
+
+    def set_push_settings(self, settings: PushSettings) -> PushSettings:
+        """Save an account's push settings (validate them first: ``validate_push_settings``).
+
+        ``enabled_since`` is kept from the first time the push was enabled; the change is audited.
+        """
+        now = self._now()
+        with self._write() as db:
+            current = self._select_one(db, settings.recart_account_id)
+            if current is None:
+                raise ConnectionNotFound(settings.recart_account_id, "not connected")
+            if current.state is ConnectionState.REMOVED:
+                raise ConnectionRemoved(
+                    settings.recart_account_id, "cannot hold push settings; connect again"
+                )
+            row = db.execute(
+                "select enabled_since from push_settings where recart_account_id = ?",
+                (settings.recart_account_id,),
+            ).fetchone()
+            since = row[0] if row and row[0] else (_iso(now) if settings.enabled else None)
+            db.execute(
+                "insert into push_settings (recart_account_id, email_list_id, sms_list_id, sms_countries,"
+                " list_names, enabled, enabled_since, updated_at) values (?, ?, ?, ?, ?, ?, ?, ?)"
+                " on conflict (recart_account_id) do update set email_list_id = excluded.email_list_id,"
+                " sms_list_id = excluded.sms_list_id, sms_countries = excluded.sms_countries,"
+                " list_names = excluded.list_names, enabled = excluded.enabled,"
+                " enabled_since = excluded.enabled_since, updated_at = excluded.updated_at",
+                (
+                    settings.recart_account_id,
+                    settings.email_list_id,
+                    settings.sms_list_id,
+                    json.dumps(list(settings.sms_countries)),
+                    json.dumps(settings.list_names, sort_keys=True),
+                    int(settings.enabled),
+                    since,
+                    _iso(now),
+                ),
+            )
+            self._event(
+                db,
+                settings.recart_account_id,
+                _iso(now),
+                "push_settings_changed",
+                {
+                    "email_list_id": settings.email_list_id,
+                    "sms_list_id": settings.sms_list_id,
+                    "sms_countries": list(settings.sms_countries),
+                    "enabled": settings.enabled,
+                },
+            )
+        saved = self.push_settings(settings.recart_account_id)
+        assert saved is not None
+        return saved
+
+    def push_settings(self, recart_account_id: str) -> PushSettings | None:
+        """The account's push settings, or None when the shop has not chosen a list yet."""
+        with self._lock:
+            row = (
+                self._conn()
+                .execute(
+                    "select email_list_id, sms_list_id, sms_countries, list_names, enabled, enabled_since,"
+                    " updated_at from push_settings where recart_account_id = ?",
+                    (recart_account_id,),
+                )
+                .fetchone()
+            )
+        if row is None:
+            return None
+        email_list, sms_list, countries, names, enabled, since, updated = row
+        return PushSettings(
+            recart_account_id=recart_account_id,
+            email_list_id=email_list,
+            sms_list_id=sms_list,
+            sms_countries=tuple(json.loads(countries)),
+            enabled=bool(enabled),
+            enabled_since=_parse(since),
+            updated_at=_parse(updated),
+            list_names=json.loads(names),
+        )
 
     # ------------------------------------------------------------------------ audit and maintenance
 

@@ -23,8 +23,11 @@ class KlaviyoApiError(KlaviyoError):
         code: str | None = None,
         error_id: str | None = None,
         detail: str | None = None,
+        pointer: str | None = None,
     ) -> None:
         self.endpoint = endpoint
+        # JSON pointer (or query parameter) of the offending input, e.g. /data/attributes/profiles/data/7
+        self.pointer = pointer
         self.status = status
         self.code = code
         self.error_id = error_id

@@ -343,14 +343,16 @@ def _dig(value: Any, *path: str) -> Any:
 class SubscribeProfile:
     """Someone to subscribe with Recart's consent evidence (the input of ``bulk_subscribe``).
 
-    ``consented_at`` is sent only with ``historical_import`` (Klaviyo rejects it otherwise).
+    The consent times are sent only with ``historical_import`` (Klaviyo rejects them otherwise);
+    each channel carries its own, since a subscriber consents to email and SMS at different times.
     """
 
     email: str | None = None
     phone_number: str | None = None
     email_consent: bool = False
     sms_consent: bool = False
-    consented_at: datetime | None = None
+    email_consented_at: datetime | None = None
+    sms_consented_at: datetime | None = None
 
     def __post_init__(self) -> None:
         if self.email_consent and not self.email:
@@ -359,8 +361,16 @@ class SubscribeProfile:
             raise ValueError("SMS consent needs a phone number")
         if not (self.email_consent or self.sms_consent):
             raise ValueError("a SubscribeProfile needs email or SMS consent")
-        if self.consented_at is not None and self.consented_at.tzinfo is None:
-            raise ValueError("consented_at must be timezone-aware")
+        for at in (self.email_consented_at, self.sms_consented_at):
+            if at is not None and at.tzinfo is None:
+                raise ValueError("consent times must be timezone-aware")
+
+    @property
+    def has_consent_times(self) -> bool:
+        """True when every channel consented to carries its consent time (as ``historical_import`` needs)."""
+        return (not self.email_consent or self.email_consented_at is not None) and (
+            not self.sms_consent or self.sms_consented_at is not None
+        )
 
 
 # ---------------------------------------------------------------------------- metrics and events

@@ -201,7 +201,7 @@ def test_subscribe_profile_needs_consent_evidence() -> None:
     with pytest.raises(ValueError):
         SubscribeProfile(phone_number=None, sms_consent=True)
     with pytest.raises(ValueError):
-        SubscribeProfile(email="a@b.c", email_consent=True, consented_at=datetime(2024, 1, 1))
+        SubscribeProfile(email="a@b.c", email_consent=True, email_consented_at=datetime(2024, 1, 1))
     assert SubscribeProfile(email="a@b.c", email_consent=True).sms_consent is False
 
 

@@ -1,0 +1,120 @@
+"""Where a shop's Recart subscribers go in Klaviyo: the push settings of one account.
+
+A shop chooses the Klaviyo list for its email subscribers and the list for its SMS subscribers, or
+one list for both ("add email and SMS subscribers to the same list"); a channel without a list is
+not pushed. The settings live in the connection store (``ConnectionStore.set_push_settings``) and
+are validated against the account's real lists before they are saved (``validate_push_settings``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import phonenumbers
+
+from connectors.klaviyo.errors import NotFoundError
+
+if TYPE_CHECKING:
+    from connectors.klaviyo.client import KlaviyoClient
+
+__all__ = [
+    "DEFAULT_SMS_COUNTRIES",
+    "PushSettings",
+    "PushSettingsError",
+    "normalize_countries",
+    "validate_push_settings",
+]
+
+# Klaviyo SMS has long covered these (reference: "historically US, CA, UK, AU"); an account whose
+# SMS setup covers fewer or more sets its own list, and Klaviyo's 400 for a number outside its setup
+# is isolated to that row anyway.
+DEFAULT_SMS_COUNTRIES: tuple[str, ...] = ("US", "CA", "GB", "AU")
+
+
+class PushSettingsError(ValueError):
+    """Settings that cannot be saved: the message says which value and why."""
+
+
+@dataclass(frozen=True)
+class PushSettings:
+    """The push settings of one Recart account.
+
+    ``enabled_since`` is when the push was first switched on: Recart opt-outs older than that are
+    only pushed for people the push itself subscribed (an older opt-out must not overrule consent
+    the person gave Klaviyo directly since).
+    """
+
+    recart_account_id: str
+    email_list_id: str | None = None
+    sms_list_id: str | None = None
+    sms_countries: tuple[str, ...] = DEFAULT_SMS_COUNTRIES
+    enabled: bool = True
+    enabled_since: datetime | None = None
+    updated_at: datetime | None = None
+    list_names: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.email_list_id and not self.sms_list_id:
+            raise PushSettingsError(
+                "choose a list for email subscribers, for SMS subscribers, or one for both"
+            )
+        for country in self.sms_countries:
+            if country not in phonenumbers.SUPPORTED_REGIONS:
+                raise PushSettingsError(f"{country!r} is not an ISO 3166 country code phonenumbers knows")
+
+    @property
+    def same_list(self) -> bool:
+        """True when email and SMS subscribers go into one list (one job carries both channels)."""
+        return bool(self.email_list_id) and self.email_list_id == self.sms_list_id
+
+    def list_for(self, channel: str) -> str | None:
+        """The list a channel (``email`` / ``sms``) is pushed into, or None when it is not pushed."""
+        if channel == "email":
+            return self.email_list_id
+        if channel == "sms":
+            return self.sms_list_id
+        raise ValueError(f"unknown channel {channel!r}")
+
+    def list_ids(self) -> list[str]:
+        """The distinct lists of these settings."""
+        return sorted({i for i in (self.email_list_id, self.sms_list_id) if i})
+
+    def as_dict(self) -> dict[str, object]:
+        """A JSON-ready view (CLI, integration app)."""
+        return {
+            "recart_account_id": self.recart_account_id,
+            "email_list_id": self.email_list_id,
+            "sms_list_id": self.sms_list_id,
+            "same_list": self.same_list,
+            "sms_countries": list(self.sms_countries),
+            "enabled": self.enabled,
+            "enabled_since": self.enabled_since.isoformat() if self.enabled_since else None,
+            "updated_at": self.updated_at.isoformat() if self.updated_at else None,
+            "list_names": dict(self.list_names),
+        }
+
+
+def normalize_countries(countries: Iterable[str]) -> tuple[str, ...]:
+    """Upper-cased, de-duplicated, sorted ISO country codes (``gb, US`` → ``("GB", "US")``)."""
+    return tuple(sorted({c.strip().upper() for c in countries if c and c.strip()}))
+
+
+async def validate_push_settings(client: KlaviyoClient, settings: PushSettings) -> PushSettings:
+    """Check every chosen list exists in the connected Klaviyo account; returns the settings with
+    the lists' names. ``client`` is the account's ``KlaviyoClient``.
+
+    Raises ``PushSettingsError`` naming the list that does not exist.
+    """
+    names: dict[str, str] = {}
+    for list_id in settings.list_ids():
+        try:
+            klaviyo_list = await client.get_list(list_id)
+        except NotFoundError:
+            raise PushSettingsError(
+                f"list {list_id!r} does not exist in the connected Klaviyo account"
+            ) from None
+        names[list_id] = klaviyo_list.name
+    return replace(settings, list_names=names)

@@ -1,0 +1,133 @@
+{#
+    The subscriber push's desired state: per account, channel (email / sms) and contact point,
+    whether the person should be subscribed in Klaviyo or unsubscribed, with the Recart consent
+    (or opt-out) time that says so. The push (orchestration/subscriber_push.py) diffs this against
+    its ledger of what Klaviyo accepted and sends only the difference.
+
+    A view over the raw change data, not over the incremental staging table: the push runs every
+    15 minutes and when new subscribers land, and must see them without waiting for a dbt build.
+    The same macros normalise contact points as staging does.
+
+    Consent is never invented:
+      - subscribed   needs consent to the channel AND its consent time (the evidence Klaviyo's
+                     historical import records), and no later opt-out;
+      - unsubscribed is an opt-out at or after the last consent (a tie is an opt-out);
+      - anything else (no consent, consent withdrawn without an opt-out time) is not pushed.
+    One desired state per contact point: when two subscribers of a shop share an email or phone,
+    the later consent event wins (an opt-out on a tie). Rows that cannot be pushed keep their
+    reason in rejection_reason (the push writes them to klaviyo_push.rejections).
+#}
+{{ config(materialized='view', schema='push') }}
+
+with
+
+subscribers as (
+
+    select
+        cast(account_id as varchar) as account_id,
+        cast(subscriber_id as varchar) as subscriber_id,
+        {{ normalize_email('email') }} as email,
+        {{ normalize_phone('phone', default_phone_country('account_id')) }} as phone_number,
+        nullif(trim(email), '') as email_as_given,
+        nullif(trim(phone), '') as phone_as_given,
+        coalesce(email_consent, false) as has_email_consent,
+        email_consent_at,
+        email_opted_out_at,
+        coalesce(sms_consent, false) as has_sms_consent,
+        sms_consent_at,
+        sms_opted_out_at,
+        coalesce(deleted, false) as is_deleted
+
+    from {{ latest_changes(source('recart', 'raw_subscribers'), ['account_id', 'subscriber_id']) }}
+
+),
+
+channels as (
+
+    select
+        account_id,
+        subscriber_id,
+        'email' as channel,
+        email as contact,
+        email_as_given as contact_as_given,
+        has_email_consent as has_consent,
+        email_consent_at as consent_at,
+        email_opted_out_at as opted_out_at
+
+    from subscribers
+    where not is_deleted and email_as_given is not null
+
+    union all
+
+    select
+        account_id,
+        subscriber_id,
+        'sms' as channel,
+        phone_number as contact,
+        phone_as_given as contact_as_given,
+        has_sms_consent as has_consent,
+        sms_consent_at as consent_at,
+        sms_opted_out_at as opted_out_at
+
+    from subscribers
+    where not is_deleted and phone_as_given is not null
+
+),
+
+decided as (
+
+    select
+        *,
+        case
+            when opted_out_at is not null and (consent_at is null or opted_out_at >= consent_at)
+                then 'unsubscribed'
+            when has_consent and consent_at is not null then 'subscribed'
+        end as desired_state,
+        case
+            when opted_out_at is not null and (consent_at is null or opted_out_at >= consent_at)
+                then opted_out_at
+            when has_consent then consent_at
+        end as decided_at,
+        case
+            when contact is null and channel = 'email' then 'not an email address'
+            when contact is null then 'not a phone number in E.164 or a national format'
+            when
+                has_consent and consent_at is null
+                and (opted_out_at is null)
+                then 'consent without a consent time (no evidence to push)'
+        end as rejection_reason
+
+    from channels
+    where has_consent or opted_out_at is not null
+
+),
+
+one_per_contact as (
+
+    select *
+    from decided
+    where contact is null or rejection_reason is not null
+    union all
+    (
+        select *
+        from decided
+        where contact is not null and rejection_reason is null
+        qualify row_number() over (
+            partition by account_id, channel, contact
+            order by decided_at desc, desired_state = 'unsubscribed' desc, subscriber_id
+        ) = 1
+    )
+
+)
+
+select
+    account_id,
+    channel,
+    contact,
+    subscriber_id,
+    desired_state,
+    decided_at,
+    contact_as_given,
+    rejection_reason
+
+from one_per_contact

@@ -1,0 +1,639 @@
+"""The subscriber push of one account: Recart's consented subscribers into the shop's Klaviyo lists.
+
+Plan, then push:
+
+1. **Desired state** — the dbt view ``push.klaviyo_push_desired_state``: per channel and contact
+   point, subscribed (with the Recart consent time) or unsubscribed (with the opt-out time).
+2. **Plan** — that desired state against the ledger (``warehouse.push_ledger``) of what Klaviyo
+   accepted before: only the difference is sent, so an unchanged re-run makes no API call. A
+   contact whose consent time has not changed since its last push is never subscribed again (bulk
+   subscribe would lift an unsubscribe the person made in Klaviyo since).
+3. **Push** — bulk subscribe jobs of at most 1,000 profiles per list (email consent for emails, SMS
+   consent for E.164 phones; one job carries both channels when the shop uses one list); a double
+   opt-in list gets ``historical_import`` with the Recart consent time, so nobody receives a
+   confirmation email. Recart opt-outs go out as bulk unsubscribe jobs (100 per job, no list:
+   Klaviyo then withdraws the channel's marketing consent, the consent the push once gave).
+4. **Ledger** — each batch's rows are written after Klaviyo's 202, one transaction per batch. A
+   400 naming one profile rejects that row (and only it, the rest is sent again); a 400 naming no
+   profile splits the batch in halves until the bad rows are isolated.
+
+Rejections (unreadable contacts, consent without a time, phones that are not valid E.164 or in a
+country outside the account's SMS setup, rows Klaviyo refused) are written to the warehouse table
+``klaviyo_push.rejections`` with their reason, replaced per account on every run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+import phonenumbers
+
+from connectors.klaviyo.client import KlaviyoClient
+from connectors.klaviyo.errors import InvalidRequestError, KlaviyoError
+from connectors.klaviyo.models import SubscribeProfile
+from connectors.klaviyo.push_settings import PushSettings
+from warehouse.duckdb_file import read_connection, write_connection
+from warehouse.push_ledger import LedgerEntry, PushLedger
+
+__all__ = [
+    "DESIRED_STATE_RELATION",
+    "DesiredContact",
+    "PushAborted",
+    "PushPlan",
+    "PushResult",
+    "Rejection",
+    "execute_plan",
+    "make_plan",
+    "push_account",
+    "read_desired_state",
+    "write_rejections",
+]
+
+DESIRED_STATE_RELATION = "push.klaviyo_push_desired_state"
+REJECTIONS_TABLE = "klaviyo_push.rejections"
+MAX_SUBSCRIBE_PER_JOB = 1000
+MAX_UNSUBSCRIBE_PER_JOB = 100
+CUSTOM_SOURCE = "Recart"
+# How long a push waits to read the warehouse while a dbt build holds it (builds take minutes).
+WAREHOUSE_READ_TIMEOUT_SECONDS = 30 * 60
+# More Klaviyo rejections than this in one run means a setup problem (SMS not configured, a list
+# that refuses everyone), not bad rows: stop and say so instead of isolating rows one by one.
+DEFAULT_MAX_KLAVIYO_REJECTIONS = 100
+_Resend = Callable[[list[list["Change"]]], Awaitable[None]]
+_ITEM_POINTER = re.compile(r"^/data/attributes/profiles/data/(\d+)(?:/|$)")
+
+
+class PushAborted(KlaviyoError):
+    """The push stopped on purpose (too many rejections): what was accepted so far is in the ledger."""
+
+
+# ---------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class DesiredContact:
+    """One row of the desired state (``push.klaviyo_push_desired_state``)."""
+
+    channel: str
+    contact: str | None
+    subscriber_id: str
+    desired_state: str | None
+    decided_at: datetime | None
+    contact_as_given: str | None
+    rejection_reason: str | None
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A row the push cannot send, with the reason (``klaviyo_push.rejections``)."""
+
+    subscriber_id: str
+    channel: str
+    contact_as_given: str | None
+    contact: str | None
+    reason: str
+    stage: str  # plan (dbt), validation (before sending) or klaviyo (Klaviyo refused it)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One contact point to change at Klaviyo, and the ledger entry it becomes once accepted."""
+
+    channel: str
+    contact: str
+    subscriber_id: str
+    decided_at: datetime
+    list_id: str | None  # the target list (subscribe); None for an unsubscribe
+
+
+@dataclass
+class PushPlan:
+    """What a push of one account will send: the difference between desired state and ledger."""
+
+    recart_account_id: str
+    settings: PushSettings
+    subscribes: dict[str, list[Change]] = field(default_factory=dict)  # by list id
+    unsubscribes: list[Change] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    unchanged: int = 0
+    not_pushed: Counter[str] = field(default_factory=Counter)  # reason → rows left alone on purpose
+
+    def jobs_per_list(self) -> dict[str, int]:
+        """Subscribe jobs each list needs: ⌈profiles / 1,000⌉ (one profile may carry both channels)."""
+        return {
+            list_id: -(-len(self._profiles(changes)) // MAX_SUBSCRIBE_PER_JOB)
+            for list_id, changes in self.subscribes.items()
+        }
+
+    def _profiles(self, changes: Sequence[Change]) -> list[list[Change]]:
+        return _group_profiles(changes, self.settings.same_list)
+
+    def summary(self) -> dict[str, Any]:
+        """Counts for logs, metadata and the dry run."""
+        return {
+            "subscribe": {list_id: len(changes) for list_id, changes in sorted(self.subscribes.items())},
+            "subscribe_jobs": self.jobs_per_list(),
+            "unsubscribe": len(self.unsubscribes),
+            "unsubscribe_jobs": -(-len(self.unsubscribes) // MAX_UNSUBSCRIBE_PER_JOB),
+            "unchanged": self.unchanged,
+            "rejected": len(self.rejections),
+            "not_pushed": dict(sorted(self.not_pushed.items())),
+        }
+
+    def render(self, sample: int = 10) -> str:
+        """A human-readable plan (``recart-klaviyo push --dry-run``)."""
+        s = self.settings
+        lines = [
+            f"Subscriber push plan for {self.recart_account_id}",
+            f"  email list: {s.email_list_id or '-'}  SMS list: {s.sms_list_id or '-'}"
+            + ("  (same list)" if s.same_list else ""),
+        ]
+        for list_id, changes in sorted(self.subscribes.items()):
+            by_channel = Counter(c.channel for c in changes)
+            lines.append(
+                f"  subscribe into {list_id} ({s.list_names.get(list_id, '?')}): "
+                + ", ".join(f"{n} {ch}" for ch, n in sorted(by_channel.items()))
+                + f" in {self.jobs_per_list()[list_id]} job(s)"
+            )
+            lines += [
+                f"      {c.channel:5} {c.contact}  consent {c.decided_at.isoformat()}"
+                for c in changes[:sample]
+            ]
+        lines.append(f"  unsubscribe: {len(self.unsubscribes)}")
+        lines += [
+            f"      {c.channel:5} {c.contact}  opted out {c.decided_at.isoformat()}"
+            for c in self.unsubscribes[:sample]
+        ]
+        lines.append(f"  unchanged since the last push: {self.unchanged}")
+        for reason, n in sorted(self.not_pushed.items()):
+            lines.append(f"  not pushed ({reason}): {n}")
+        lines.append(f"  rejected: {len(self.rejections)}")
+        by_reason = Counter(r.reason for r in self.rejections)
+        lines += [f"      {n} × {reason}" for reason, n in by_reason.most_common(sample)]
+        return "\n".join(lines)
+
+    @property
+    def is_empty(self) -> bool:
+        """True when there is nothing to send."""
+        return not self.unsubscribes and not any(self.subscribes.values())
+
+
+def read_desired_state(warehouse_path: str | Path, recart_account_id: str) -> list[DesiredContact]:
+    """The account's rows of ``push.klaviyo_push_desired_state`` (waits while a dbt build writes)."""
+    with read_connection(warehouse_path, timeout=WAREHOUSE_READ_TIMEOUT_SECONDS) as conn:
+        try:
+            rows = conn.execute(
+                "select channel, contact, subscriber_id, desired_state, decided_at, contact_as_given,"
+                f" rejection_reason from {DESIRED_STATE_RELATION} where account_id = ?"
+                " order by channel, contact, subscriber_id",
+                [recart_account_id],
+            ).fetchall()
+        except duckdb.CatalogException as exc:
+            raise RuntimeError(
+                f"{DESIRED_STATE_RELATION} is missing from {warehouse_path}: build it with dbt "
+                "(materialize push/klaviyo_push_desired_state in Dagster, or make demo)"
+            ) from exc
+    return [
+        DesiredContact(channel, contact, subscriber, state, _aware(decided), as_given, reason)
+        for channel, contact, subscriber, state, decided, as_given, reason in rows
+    ]
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def validation_problem(row: DesiredContact, settings: PushSettings) -> str | None:
+    """Why a subscribe row cannot be sent to Klaviyo (checked before sending), or None.
+
+    Phones must be valid E.164 numbers (phonenumbers' metadata, stricter than dbt's shape check)
+    in a country the account's SMS covers. Unsubscribes are not checked against SMS countries:
+    an opt-out is always worth recording.
+    """
+    if row.channel != "sms" or row.contact is None:
+        return None
+    try:
+        number = phonenumbers.parse(row.contact, None)
+    except phonenumbers.NumberParseException as exc:
+        return f"not a phone number Klaviyo can read ({exc})"
+    if phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164) != row.contact:
+        return "not in E.164 form"
+    if not phonenumbers.is_valid_number(number):
+        return "not a valid phone number (no such number range)"
+    if row.desired_state == "subscribed":
+        region = phonenumbers.region_code_for_number(number)
+        if region not in settings.sms_countries:
+            supported = ", ".join(settings.sms_countries)
+            return f"SMS not supported in {region} for this account (supported: {supported})"
+    return None
+
+
+def make_plan(
+    settings: PushSettings,
+    desired: Iterable[DesiredContact],
+    ledger: dict[tuple[str, str], LedgerEntry],
+) -> PushPlan:
+    """The difference between the desired state and the ledger: what this push must send."""
+    plan = PushPlan(settings.recart_account_id, settings)
+    subscribes: dict[str, list[Change]] = defaultdict(list)
+    for row in desired:
+        if row.rejection_reason is not None or row.contact is None or row.desired_state is None:
+            plan.rejections.append(
+                Rejection(
+                    row.subscriber_id,
+                    row.channel,
+                    row.contact_as_given,
+                    row.contact,
+                    row.rejection_reason or "no desired state",
+                    "plan",
+                )
+            )
+            continue
+        list_id = settings.list_for(row.channel)
+        if list_id is None:
+            plan.not_pushed[f"no {row.channel} list chosen"] += 1
+            continue
+        problem = validation_problem(row, settings)
+        if problem is not None:
+            plan.rejections.append(
+                Rejection(
+                    row.subscriber_id, row.channel, row.contact_as_given, row.contact, problem, "validation"
+                )
+            )
+            continue
+        assert row.decided_at is not None
+        before = ledger.get((row.channel, row.contact))
+        change = Change(row.channel, row.contact, row.subscriber_id, row.decided_at, None)
+        if row.desired_state == "subscribed":
+            if before is not None and before.decided_at == row.decided_at and before.state != "unsubscribed":
+                # Consent unchanged since Klaviyo took (or refused) it: never subscribe again.
+                plan.unchanged += 1
+                if before.state == "rejected":
+                    plan.rejections.append(
+                        Rejection(
+                            row.subscriber_id,
+                            row.channel,
+                            row.contact_as_given,
+                            row.contact,
+                            before.reason or "refused by Klaviyo",
+                            "klaviyo",
+                        )
+                    )
+                elif before.list_id != list_id:
+                    plan.not_pushed["list changed, consent unchanged: not re-subscribed"] += 1
+                continue
+            if before is not None and before.state == "unsubscribed" and row.decided_at <= before.decided_at:
+                plan.unchanged += 1  # an opt-out newer than this consent already went out
+                continue
+            subscribes[list_id].append(
+                Change(row.channel, row.contact, row.subscriber_id, row.decided_at, list_id)
+            )
+        else:
+            if before is not None and before.state == "unsubscribed" and before.decided_at == row.decided_at:
+                plan.unchanged += 1
+                continue
+            pushed_before = before is not None and before.state == "subscribed"
+            since = settings.enabled_since
+            if not pushed_before and (since is None or row.decided_at < since):
+                # An opt-out older than the push, for someone it never subscribed: Klaviyo may hold
+                # newer consent given directly there, which this stale opt-out must not overrule.
+                plan.not_pushed["opt-out before the push was enabled, never pushed"] += 1
+                continue
+            plan.unsubscribes.append(change)
+    plan.subscribes = dict(subscribes)
+    return plan
+
+
+def _group_profiles(changes: Sequence[Change], same_list: bool) -> list[list[Change]]:
+    """Changes as Klaviyo profiles: with one list for both channels, a subscriber's email and phone
+    travel in one profile (one job, one profile at Klaviyo); otherwise one change per profile."""
+    if not same_list:
+        return [[c] for c in changes]
+    by_subscriber: dict[str, list[Change]] = {}
+    for change in changes:
+        group = by_subscriber.setdefault(change.subscriber_id, [])
+        if any(c.channel == change.channel for c in group):
+            by_subscriber.setdefault(
+                f"{change.subscriber_id}\x00{change.channel}{change.contact}", []
+            ).append(change)
+        else:
+            group.append(change)
+    return list(by_subscriber.values())
+
+
+# ---------------------------------------------------------------------------- the push
+
+
+@dataclass
+class PushResult:
+    """What a push did (asset metadata, CLI output, the benchmark)."""
+
+    recart_account_id: str
+    plan: dict[str, Any]
+    subscribed: int = 0
+    unsubscribed: int = 0
+    rejected_by_klaviyo: int = 0
+    subscribe_jobs: Counter[str] = field(default_factory=Counter)  # by list id, accepted jobs
+    unsubscribe_jobs: int = 0
+    refused_jobs: int = 0  # 400s while isolating bad rows
+    historical_import_lists: list[str] = field(default_factory=list)
+    api_calls: int = 0
+    seconds: float = 0.0
+    rejections: list[Rejection] = field(default_factory=list)
+
+    def as_metadata(self) -> dict[str, Any]:
+        """Numeric figures for Dagster metadata."""
+        return {
+            "subscribed": self.subscribed,
+            "unsubscribed": self.unsubscribed,
+            "rejected": len(self.rejections),
+            "rejected_by_klaviyo": self.rejected_by_klaviyo,
+            "subscribe_jobs": sum(self.subscribe_jobs.values()),
+            "unsubscribe_jobs": self.unsubscribe_jobs,
+            "refused_jobs": self.refused_jobs,
+            "api_calls": self.api_calls,
+            "unchanged": int(self.plan.get("unchanged", 0)),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class _Pusher:
+    """Sends one plan's batches (a few at a time; the client's limiter keeps to the quota)."""
+
+    def __init__(
+        self,
+        client: KlaviyoClient,
+        ledger: PushLedger,
+        plan: PushPlan,
+        result: PushResult,
+        run_id: str | None,
+        concurrency: int,
+        max_rejections: int,
+    ) -> None:
+        self.client = client
+        self.ledger = ledger
+        self.plan = plan
+        self.result = result
+        self.run_id = run_id
+        self.slots = asyncio.Semaphore(concurrency)
+        self.max_rejections = max_rejections
+        self.now = datetime.now(UTC)
+
+    def _reject(self, changes: Sequence[Change], reason: str) -> None:
+        self.ledger.record(
+            self.plan.recart_account_id,
+            [
+                LedgerEntry(
+                    c.channel, c.contact, c.subscriber_id, "rejected", c.list_id, c.decided_at, reason
+                )
+                for c in changes
+            ],
+            self.run_id,
+        )
+        self.result.rejected_by_klaviyo += len(changes)
+        self.result.rejections += [
+            Rejection(c.subscriber_id, c.channel, None, c.contact, reason, "klaviyo") for c in changes
+        ]
+        if self.result.rejected_by_klaviyo > self.max_rejections:
+            raise PushAborted(
+                f"Klaviyo refused {self.result.rejected_by_klaviyo} rows of {self.plan.recart_account_id} "
+                f"in one run (last: {reason}); check the account's lists and SMS setup"
+            )
+
+    async def subscribe(self, list_id: str, profiles: list[list[Change]], historical_import: bool) -> None:
+        """One job; on a 400, isolate the bad profile (or halve the batch) and send the rest again."""
+        people = [self._profile(p, historical_import) for p in profiles]
+        try:
+            async with self.slots:
+                self.result.api_calls += 1
+                await self.client.subscribe_job(
+                    list_id, people, historical_import=historical_import, custom_source=CUSTOM_SOURCE
+                )
+        except InvalidRequestError as exc:
+            self.result.refused_jobs += 1
+            await self._isolate(exc, profiles, lambda rest: self.subscribe(list_id, rest, historical_import))
+            return
+        self.ledger.record(
+            self.plan.recart_account_id,
+            [
+                LedgerEntry(c.channel, c.contact, c.subscriber_id, "subscribed", list_id, c.decided_at)
+                for profile in profiles
+                for c in profile
+            ],
+            self.run_id,
+        )
+        self.result.subscribed += sum(len(p) for p in profiles)
+        self.result.subscribe_jobs[list_id] += 1
+
+    async def unsubscribe(self, profiles: list[list[Change]]) -> None:
+        """One unsubscribe job (no list: the channel's marketing consent is withdrawn)."""
+        try:
+            async with self.slots:
+                self.result.api_calls += 1
+                await self.client.unsubscribe_job(None, [(p[0].channel, p[0].contact) for p in profiles])
+        except InvalidRequestError as exc:
+            self.result.refused_jobs += 1
+            await self._isolate(exc, profiles, self.unsubscribe)
+            return
+        self.ledger.record(
+            self.plan.recart_account_id,
+            [
+                LedgerEntry(c.channel, c.contact, c.subscriber_id, "unsubscribed", None, c.decided_at)
+                for p in profiles
+                for c in p
+            ],
+            self.run_id,
+        )
+        self.result.unsubscribed += len(profiles)
+        self.result.unsubscribe_jobs += 1
+
+    async def _isolate(self, exc: InvalidRequestError, profiles: list[list[Change]], resend: _Resend) -> None:
+        """Klaviyo refused a batch: drop the profile its error points at, or split the batch."""
+        reason = exc.detail or str(exc)
+        match = _ITEM_POINTER.match(exc.pointer or "")
+        if match and int(match.group(1)) < len(profiles):
+            index = int(match.group(1))
+            bad = profiles[index]
+            rest = profiles[:index] + profiles[index + 1 :]
+            if len(bad) > 1:
+                rest += [[c] for c in bad]  # email and SMS in one profile: find out which one is bad
+            else:
+                self._reject(bad, reason)
+            if rest:
+                await resend(rest)
+        elif len(profiles) > 1:
+            middle = len(profiles) // 2
+            await asyncio.gather(resend(profiles[:middle]), resend(profiles[middle:]))
+        elif len(profiles[0]) > 1:
+            await resend([[c] for c in profiles[0]])
+        else:
+            self._reject(profiles[0], reason)
+
+    def _profile(self, profile: Sequence[Change], historical_import: bool) -> SubscribeProfile:
+        # Klaviyo wants consent times in the past; a Recart clock a little ahead must not fail a batch.
+        latest = self.now - timedelta(seconds=1)
+        email = next((c for c in profile if c.channel == "email"), None)
+        sms = next((c for c in profile if c.channel == "sms"), None)
+        return SubscribeProfile(
+            email=email.contact if email else None,
+            phone_number=sms.contact if sms else None,
+            email_consent=email is not None,
+            sms_consent=sms is not None,
+            email_consented_at=min(email.decided_at, latest) if email and historical_import else None,
+            sms_consented_at=min(sms.decided_at, latest) if sms and historical_import else None,
+        )
+
+
+async def execute_plan(
+    client: KlaviyoClient,
+    ledger: PushLedger,
+    plan: PushPlan,
+    *,
+    run_id: str | None = None,
+    concurrency: int = 4,
+    max_klaviyo_rejections: int = DEFAULT_MAX_KLAVIYO_REJECTIONS,
+    result: PushResult | None = None,
+) -> PushResult:
+    """Send a plan: subscribe jobs per list (``historical_import`` for double opt-in lists), then
+    unsubscribe jobs; each accepted batch lands in the ledger at once.
+
+    ``result`` (optional) is filled as the push goes, so a caller still has the figures and the
+    rejections so far when a batch fails.
+    """
+    started = time.monotonic()
+    if result is None:
+        result = PushResult(plan.recart_account_id, plan.summary(), rejections=list(plan.rejections))
+    pusher = _Pusher(client, ledger, plan, result, run_id, concurrency, max_klaviyo_rejections)
+    tasks = []
+    for list_id, changes in sorted(plan.subscribes.items()):
+        if not changes:
+            continue
+        result.api_calls += 1
+        target = await client.get_list(list_id)
+        historical = target.is_double_opt_in
+        if historical:
+            result.historical_import_lists.append(list_id)
+        profiles = _group_profiles(changes, plan.settings.same_list)
+        tasks += [
+            pusher.subscribe(list_id, profiles[i : i + MAX_SUBSCRIBE_PER_JOB], historical)
+            for i in range(0, len(profiles), MAX_SUBSCRIBE_PER_JOB)
+        ]
+    singles = [[c] for c in plan.unsubscribes]
+    tasks += [
+        pusher.unsubscribe(singles[i : i + MAX_UNSUBSCRIBE_PER_JOB])
+        for i in range(0, len(singles), MAX_UNSUBSCRIBE_PER_JOB)
+    ]
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    result.seconds = time.monotonic() - started
+    failures = [o for o in outcomes if isinstance(o, BaseException)]
+    if failures:
+        raise failures[0]
+    return result
+
+
+# ---------------------------------------------------------------------------- rejections table
+
+
+_REJECTIONS_DDL = f"""
+create schema if not exists klaviyo_push;
+create table if not exists {REJECTIONS_TABLE} (
+    account_id varchar not null,
+    subscriber_id varchar not null,
+    channel varchar not null,
+    contact_as_given varchar,
+    contact varchar,
+    reason varchar not null,
+    stage varchar not null,
+    rejected_at timestamptz not null,
+    run_id varchar
+);
+"""
+
+
+def write_rejections(
+    warehouse_path: str | Path, recart_account_id: str, rejections: Sequence[Rejection], run_id: str | None
+) -> None:
+    """Replace the account's rows of ``klaviyo_push.rejections`` with this run's, in one transaction."""
+    frame = pd.DataFrame(
+        {
+            "account_id": [recart_account_id] * len(rejections),
+            "subscriber_id": [r.subscriber_id for r in rejections],
+            "channel": [r.channel for r in rejections],
+            "contact_as_given": [r.contact_as_given for r in rejections],
+            "contact": [r.contact for r in rejections],
+            "reason": [r.reason for r in rejections],
+            "stage": [r.stage for r in rejections],
+        },
+        dtype="object",
+    )
+    with write_connection(warehouse_path, timeout=WAREHOUSE_READ_TIMEOUT_SECONDS) as conn:
+        conn.execute(_REJECTIONS_DDL)
+        conn.execute("begin")
+        try:
+            conn.execute(f"delete from {REJECTIONS_TABLE} where account_id = ?", [recart_account_id])
+            if rejections:
+                conn.register("incoming_rejections", frame)
+                conn.execute(
+                    f"insert into {REJECTIONS_TABLE} select account_id, subscriber_id, channel,"
+                    " contact_as_given, contact, reason, stage, now(), ? from incoming_rejections",
+                    [run_id],
+                )
+                conn.unregister("incoming_rejections")
+            conn.execute("commit")
+        except BaseException:
+            conn.execute("rollback")
+            raise
+
+
+# ---------------------------------------------------------------------------- one account, end to end
+
+
+async def push_account(
+    client: KlaviyoClient,
+    ledger: PushLedger,
+    settings: PushSettings,
+    warehouse_path: str | Path,
+    *,
+    run_id: str | None = None,
+    dry_run: bool = False,
+    concurrency: int = 4,
+    max_klaviyo_rejections: int = DEFAULT_MAX_KLAVIYO_REJECTIONS,
+) -> tuple[PushPlan, PushResult | None]:
+    """Plan and (unless ``dry_run``) push one account; returns the plan and what was done.
+
+    The rejections table is written after the push (also when it failed half-way: what was
+    refused so far is kept). A dry run reads only: no API call, no ledger or warehouse write.
+    """
+    desired = await asyncio.to_thread(read_desired_state, warehouse_path, settings.recart_account_id)
+    plan = make_plan(settings, desired, ledger.entries(settings.recart_account_id))
+    if dry_run:
+        return plan, None
+    result = PushResult(settings.recart_account_id, plan.summary(), rejections=list(plan.rejections))
+    try:
+        if not plan.is_empty:
+            await execute_plan(
+                client,
+                ledger,
+                plan,
+                run_id=run_id,
+                concurrency=concurrency,
+                max_klaviyo_rejections=max_klaviyo_rejections,
+                result=result,
+            )
+    finally:
+        await asyncio.to_thread(
+            write_rejections, warehouse_path, settings.recart_account_id, result.rejections, run_id
+        )
+    return plan, result

@@ -1,0 +1,239 @@
+"""A connected shop, its Klaviyo lists in the sandbox, and a warehouse holding the push's dbt view.
+
+The desired-state view (``push.klaviyo_push_desired_state``) is built once per session by real dbt
+on an empty warehouse; each test copies that file and lands its own Recart subscriber rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx2
+import pytest
+from cryptography.fernet import Fernet
+
+from connectors.klaviyo.oauth import KlaviyoOAuth
+from connectors.klaviyo.push_settings import PushSettings, validate_push_settings
+from connectors.recart.models import all_ddl
+from klaviyo_sandbox.server import RunningSandbox
+from klaviyo_sandbox.testing import approve_consent
+from orchestration.resources import KlaviyoResource
+from orchestration.subscriber_push import PushPlan, PushResult, push_account
+from warehouse.push_ledger import PushLedger
+
+ROOT = Path(__file__).resolve().parents[2]
+DBT_PROJECT_DIR = ROOT / "dbt_project"
+DBT = str(Path(sys.executable).with_name("dbt"))
+REDIRECT_URI = "http://127.0.0.1:9/oauth/klaviyo/callback"
+RECART_ACCOUNT = "shop-push"
+
+
+def build_push_view(database: Path, work: Path) -> None:
+    """Create Recart's raw tables and ``dbt run`` the push's desired-state view into ``database``."""
+    conn = duckdb.connect(str(database))
+    for statement in all_ddl():
+        conn.execute(statement)
+    conn.close()
+    done = subprocess.run(
+        [
+            DBT,
+            "run",
+            "--select",
+            "klaviyo_push_desired_state",
+            "--project-dir",
+            str(DBT_PROJECT_DIR),
+            "--profiles-dir",
+            str(DBT_PROJECT_DIR),
+            "--target-path",
+            str(work / "target"),
+            "--log-path",
+            str(work / "logs"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={**os.environ, "WAREHOUSE_DUCKDB_PATH": str(database), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.fixture(scope="session")
+def push_view_warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty warehouse with the push's dbt view (copied by each test)."""
+    work = tmp_path_factory.mktemp("push_view")
+    database = work / "warehouse.duckdb"
+    build_push_view(database, work)
+    return database
+
+
+@dataclass
+class PushWorld:
+    """A sandbox Klaviyo account connected through OAuth, and Recart data in a warehouse."""
+
+    running: RunningSandbox
+    control: httpx2.Client
+    klaviyo: KlaviyoResource
+    warehouse: Path
+    account_id: str  # the sandbox (Klaviyo) account
+    recart_account_id: str = RECART_ACCOUNT
+    _rows: count = field(default_factory=lambda: count(1))
+
+    # ----------------------------------------------------------------- Klaviyo side
+
+    def create_list(self, name: str, opt_in_process: str = "single_opt_in") -> str:
+        """A new list in the sandbox account."""
+        response = self.control.post(
+            f"/_sandbox/accounts/{self.account_id}/lists",
+            json={"name": name, "opt_in_process": opt_in_process},
+        )
+        assert response.status_code == 201, response.text
+        return response.json()["data"]["id"]
+
+    def profile(self, ref: str) -> dict[str, Any] | None:
+        """The sandbox's view of a profile (consent, lists, suppressions), or None."""
+        response = self.control.get(f"/_sandbox/accounts/{self.account_id}/profiles/{ref}")
+        return None if response.status_code == 404 else response.json()["data"]
+
+    def members(self, list_id: str) -> set[str]:
+        """Emails and phone numbers of a list's members."""
+        rows = self.control.get(f"/_sandbox/accounts/{self.account_id}/lists/{list_id}/members").json()[
+            "data"
+        ]
+        found = set()
+        for member in rows["members"]:
+            state = self.profile(member["profile_id"])
+            found.update(v for v in (state["email"], state["phone_number"]) if v)
+        return found
+
+    def confirmation_emails(self) -> list[dict]:
+        """Double-opt-in confirmation emails the sandbox 'sent'."""
+        return self.control.get(f"/_sandbox/accounts/{self.account_id}/confirmation-emails").json()["data"]
+
+    def subscription_jobs(self) -> list[dict]:
+        """Bulk subscribe / unsubscribe jobs the sandbox received."""
+        return self.control.get(f"/_sandbox/accounts/{self.account_id}/subscription-jobs").json()["data"]
+
+    def api_calls(self, path_prefix: str = "/api/profile-subscription") -> list[dict]:
+        """Logged /api/ requests of this account under ``path_prefix``."""
+        rows = self.control.get(
+            "/_sandbox/requests", params={"account_id": self.account_id, "path_prefix": path_prefix}
+        ).json()["data"]
+        return rows
+
+    # ----------------------------------------------------------------- Recart side
+
+    def land_subscribers(self, *rows: dict[str, Any], account_id: str | None = None) -> None:
+        """Append subscriber change rows to recart.raw_subscribers, as the landing loader would."""
+        conn = duckdb.connect(str(self.warehouse))
+        try:
+            now = datetime.now(UTC)
+            for row in rows:
+                n = next(self._rows)
+                record = {
+                    "account_id": account_id or self.recart_account_id,
+                    "updated_at": row.get("updated_at", now),
+                    "_file": f"test/{n}.jsonl",
+                    "_row": n,
+                    "_loaded_at": now,
+                    **row,
+                }
+                columns = ", ".join(record)
+                conn.execute(
+                    f"insert into recart.raw_subscribers ({columns}) values ({', '.join('?' * len(record))})",
+                    list(record.values()),
+                )
+        finally:
+            conn.close()
+
+    # ----------------------------------------------------------------- the push
+
+    def configure(self, **choices: Any) -> PushSettings:
+        """Validate and save push settings (``email_list_id``, ``sms_list_id``, ``sms_countries``)."""
+
+        async def run() -> PushSettings:
+            with self.klaviyo.store() as store:
+                async with self.klaviyo.client(store, self.recart_account_id) as client:
+                    checked = await validate_push_settings(
+                        client, PushSettings(recart_account_id=self.recart_account_id, **choices)
+                    )
+                return store.set_push_settings(checked)
+
+        return asyncio.run(run())
+
+    def push(self, **options: Any) -> tuple[PushPlan, PushResult | None]:
+        """Plan and push the account (``dry_run``, ``concurrency``, …)."""
+
+        async def run() -> tuple[PushPlan, PushResult | None]:
+            with self.klaviyo.store() as store, PushLedger(self.klaviyo.state_db) as ledger:
+                settings = store.push_settings(self.recart_account_id)
+                assert settings is not None
+                async with self.klaviyo.client(store, self.recart_account_id) as client:
+                    return await push_account(client, ledger, settings, self.warehouse, **options)
+
+        return asyncio.run(run())
+
+    def ledger(self) -> dict:
+        """The account's ledger entries."""
+        with PushLedger(self.klaviyo.state_db) as ledger:
+            return ledger.entries(self.recart_account_id)
+
+    def rejections(self) -> list[tuple]:
+        """``(subscriber_id, channel, reason, stage)`` rows of klaviyo_push.rejections."""
+        conn = duckdb.connect(str(self.warehouse), read_only=True)
+        try:
+            return conn.execute(
+                "select subscriber_id, channel, reason, stage from klaviyo_push.rejections"
+                " where account_id = ? order by subscriber_id, channel",
+                [self.recart_account_id],
+            ).fetchall()
+        finally:
+            conn.close()
+
+
+@pytest.fixture
+def make_push_world(
+    make_sandbox, push_view_warehouse: Path, tmp_path: Path
+) -> Iterator[Callable[..., PushWorld]]:
+    """Build a PushWorld: ``seed`` "empty" (accounts without data), rate limits off by default."""
+    clients: list[httpx2.Client] = []
+
+    def build(rate_limits: str = "off", account_index: int = 0, **sandbox_options: Any) -> PushWorld:
+        running = make_sandbox(seed="empty", rate_limits=rate_limits, **sandbox_options)
+        control = httpx2.Client(base_url=running.base_url, timeout=30)
+        clients.append(control)
+        app = control.post(
+            "/_sandbox/oauth/clients", json={"name": "Recart", "redirect_uris": [REDIRECT_URI]}
+        ).json()
+        klaviyo = KlaviyoResource(
+            base_url=running.base_url,
+            authorize_url=f"{running.base_url}/oauth/authorize",
+            client_id=app["client_id"],
+            client_secret=app["client_secret"],
+            redirect_uri=REDIRECT_URI,
+            state_db=str(tmp_path / "state.db"),
+            encryption_key=Fernet.generate_key().decode(),
+        )
+        warehouse = tmp_path / "warehouse.duckdb"
+        shutil.copyfile(push_view_warehouse, warehouse)
+        account_id = control.get("/_sandbox/accounts").json()["data"][account_index]["id"]
+        with klaviyo.store() as store:
+            oauth = KlaviyoOAuth(klaviyo.settings(), store)
+            back = approve_consent(oauth.start_authorization(RECART_ACCOUNT), account_id)
+            asyncio.run(oauth.complete_authorization(back["state"], code=back["code"]))
+        return PushWorld(running, control, klaviyo, warehouse, account_id)
+
+    yield build
+    for client in clients:
+        client.close()

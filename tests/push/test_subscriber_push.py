@@ -1,0 +1,318 @@
+"""The subscriber push against the sandbox: consent-safe, incremental, with rejections and splitting."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from connectors.klaviyo.push_settings import PushSettingsError
+from orchestration.subscriber_push import PushAborted
+
+CONSENT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def email_subscriber(n: int, **extra) -> dict:
+    """A Recart subscriber with email consent (and its consent time)."""
+    return {
+        "subscriber_id": f"s{n}",
+        "email": f"Person{n}@Example.com ",
+        "email_consent": True,
+        "email_consent_at": CONSENT + timedelta(minutes=n),
+        **extra,
+    }
+
+
+def sms_subscriber(n: int, **extra) -> dict:
+    """A Recart subscriber with SMS consent and a national US number."""
+    return {
+        "subscriber_id": f"p{n}",
+        "phone": f"(415) 555-{n:04d}",
+        "sms_consent": True,
+        "sms_consent_at": CONSENT + timedelta(minutes=n),
+        **extra,
+    }
+
+
+def test_double_opt_in_list_gets_no_confirmation_email(make_push_world):
+    world = make_push_world()
+    doi = world.create_list("Newsletter (double opt-in)", "double_opt_in")
+    world.configure(email_list_id=doi)
+    world.land_subscribers(*(email_subscriber(n) for n in range(3)))
+
+    plan, result = world.push()
+
+    assert result.subscribed == 3 and result.historical_import_lists == [doi]
+    assert world.confirmation_emails() == []
+    assert world.members(doi) == {f"person{n}@example.com" for n in range(3)}
+    state = world.profile("person1@example.com")
+    assert state["email_marketing"]["consent"] == "SUBSCRIBED" and state["pending_lists"] == []
+    # The Recart consent time travels as Klaviyo's consent timestamp.
+    assert state["email_marketing"]["consent_timestamp"].startswith("2026-03-01T12:01:00")
+    [job] = world.subscription_jobs()
+    assert job["historical_import"] is True and job["list_id"] == doi and job["profile_count"] == 3
+
+
+def test_single_opt_in_list_is_subscribed_without_historical_import(make_push_world):
+    world = make_push_world()
+    soi = world.create_list("VIP (single opt-in)")
+    world.configure(email_list_id=soi)
+    world.land_subscribers(email_subscriber(1))
+
+    _, result = world.push()
+
+    assert result.historical_import_lists == []  # so the shop's "Added to List" flows still run
+    [job] = world.subscription_jobs()
+    assert job["historical_import"] is False and job["custom_source"] == "Recart"
+    assert world.members(soi) == {"person1@example.com"}
+
+
+def test_unchanged_rerun_makes_no_api_call_and_dry_run_sends_nothing(make_push_world):
+    world = make_push_world()
+    soi = world.create_list("Everyone")
+    world.configure(email_list_id=soi)
+    world.land_subscribers(*(email_subscriber(n) for n in range(5)))
+
+    calls_before = len(world.api_calls("/api/"))
+    plan, result = world.push(dry_run=True)
+    assert result is None and plan.summary()["subscribe"] == {soi: 5}
+    assert len(world.api_calls("/api/")) == calls_before and world.ledger() == {}
+    assert "subscribe into" in plan.render()
+
+    world.push()
+    calls_after_first = len(world.api_calls("/api/"))
+    # Someone else's change to a subscriber (not their consent) does not make a push.
+    world.land_subscribers(email_subscriber(2, source="popup", updated_at=datetime.now(UTC)))
+    plan, result = world.push()
+
+    assert plan.is_empty and plan.unchanged == 5
+    assert result.api_calls == 0 and len(world.api_calls("/api/")) == calls_after_first
+
+
+def test_unsubscribe_in_klaviyo_is_not_lifted_while_recart_consent_is_unchanged(make_push_world, control):
+    world = make_push_world()
+    soi = world.create_list("Everyone")
+    world.configure(email_list_id=soi)
+    world.land_subscribers(email_subscriber(1), email_subscriber(2))
+    world.push()
+    # The person unsubscribes in a Klaviyo email.
+    _unsubscribe_at_klaviyo(world, "person1@example.com")
+    assert world.profile("person1@example.com")["email_marketing"]["consent"] == "UNSUBSCRIBED"
+
+    world.land_subscribers(email_subscriber(1, source="checkout", updated_at=datetime.now(UTC)))
+    _, result = world.push()
+
+    assert result.api_calls == 0
+    assert world.profile("person1@example.com")["email_marketing"]["consent"] == "UNSUBSCRIBED"
+
+    # They consent again in Recart (a new consent time): that is evidence, and it is pushed.
+    world.land_subscribers(
+        email_subscriber(1, email_consent_at=datetime(2026, 5, 1, tzinfo=UTC), updated_at=datetime.now(UTC))
+    )
+    _, result = world.push()
+    assert result.subscribed == 1
+    assert world.profile("person1@example.com")["email_marketing"]["consent"] == "SUBSCRIBED"
+
+
+def _unsubscribe_at_klaviyo(world, email: str) -> None:
+    import asyncio
+
+    async def run() -> None:
+        with world.klaviyo.store() as store:
+            async with world.klaviyo.client(store, world.recart_account_id) as client:
+                await client.bulk_unsubscribe(None, emails=[email])
+
+    asyncio.run(run())
+
+
+def test_recart_opt_outs_reach_klaviyo(make_push_world):
+    world = make_push_world()
+    emails, texts = world.create_list("Email"), world.create_list("SMS")
+    world.configure(email_list_id=emails, sms_list_id=texts)
+    world.land_subscribers(email_subscriber(1), sms_subscriber(1), email_subscriber(2))
+    world.push()
+    assert world.profile("+14155550001")["sms_marketing"]["consent"] == "SUBSCRIBED"
+
+    later = datetime.now(UTC)
+    world.land_subscribers(
+        email_subscriber(1, email_consent=False, email_opted_out_at=later, updated_at=later),
+        sms_subscriber(1, sms_opted_out_at=later, updated_at=later),  # SMS STOP
+    )
+    # Someone who opted out long before the push existed and was never pushed is left alone: they
+    # may have consented in Klaviyo itself since.
+    world.land_subscribers(
+        {
+            "subscriber_id": "old",
+            "email": "old@example.com",
+            "email_opted_out_at": datetime(2020, 1, 1, tzinfo=UTC),
+        }
+    )
+    plan, result = world.push()
+
+    assert result.unsubscribed == 2 and result.unsubscribe_jobs == 1
+    assert plan.not_pushed == {"opt-out before the push was enabled, never pushed": 1}
+    assert world.profile("person1@example.com")["email_marketing"]["consent"] == "UNSUBSCRIBED"
+    assert world.profile("+14155550001")["sms_marketing"]["consent"] == "UNSUBSCRIBED"
+    assert world.profile("person2@example.com")["email_marketing"]["consent"] == "SUBSCRIBED"
+    assert world.profile("old@example.com") is None
+    ledger = world.ledger()
+    assert ledger[("email", "person1@example.com")].state == "unsubscribed"
+    assert world.push()[1].api_calls == 0
+
+
+def test_same_list_carries_both_channels_in_one_profile_and_jobs_are_ceil_n_over_1000(make_push_world):
+    world = make_push_world()
+    both = world.create_list("Email and SMS", "double_opt_in")
+    world.configure(email_list_id=both, sms_list_id=both)
+    people = [
+        {
+            **email_subscriber(n),
+            "phone": f"+1415555{n:04d}",
+            "sms_consent": True,
+            "sms_consent_at": CONSENT + timedelta(hours=n),
+        }
+        for n in range(2500)
+    ]
+    world.land_subscribers(*people)
+
+    plan, result = world.push()
+
+    assert plan.jobs_per_list() == {both: 3}
+    assert result.subscribe_jobs == {both: 3} and result.subscribed == 5000
+    assert sorted(j["profile_count"] for j in world.subscription_jobs()) == [500, 1000, 1000]
+    state = world.profile("person7@example.com")
+    assert state["phone_number"] == "+14155550007"
+    assert (
+        state["email_marketing"]["consent"] == "SUBSCRIBED"
+        and state["sms_marketing"]["consent"] == "SUBSCRIBED"
+    )
+    # Each channel carries its own consent time.
+    assert state["sms_marketing"]["consent_timestamp"].startswith("2026-03-01T19:00:00")
+    assert world.confirmation_emails() == []
+
+
+def test_separate_lists_get_their_own_channel(make_push_world):
+    world = make_push_world()
+    emails, texts = world.create_list("Email"), world.create_list("SMS")
+    world.configure(email_list_id=emails, sms_list_id=texts)
+    world.land_subscribers(
+        {**email_subscriber(1), "phone": "+14155550001", "sms_consent": True, "sms_consent_at": CONSENT}
+    )
+
+    plan, result = world.push()
+
+    assert plan.jobs_per_list() == {emails: 1, texts: 1}
+    assert world.members(emails) == {"person1@example.com"}
+    sms_job = next(j for j in world.subscription_jobs() if j["list_id"] == texts)
+    assert sms_job["profile_count"] == 1
+    state = world.profile("+14155550001")
+    assert texts in state["lists"] and state["sms_marketing"]["consent"] == "SUBSCRIBED"
+
+
+def test_bad_rows_are_rejected_with_reasons_and_the_good_rows_still_go(make_push_world):
+    world = make_push_world()  # the first sandbox account's SMS covers US and CA only
+    both = world.create_list("Everyone")
+    world.configure(email_list_id=both, sms_list_id=both, sms_countries=["US", "CA", "GB"])
+    world.land_subscribers(
+        email_subscriber(1),
+        {
+            "subscriber_id": "bad-email",
+            "email": "not-an-address",
+            "email_consent": True,
+            "email_consent_at": CONSENT,
+        },
+        {"subscriber_id": "bad-phone", "phone": "12", "sms_consent": True, "sms_consent_at": CONSENT},
+        {"subscriber_id": "no-time", "email": "notime@example.com", "email_consent": True},
+        {"subscriber_id": "german", "phone": "+49 30 901820", "sms_consent": True, "sms_consent_at": CONSENT},
+        {
+            "subscriber_id": "fake-range",
+            "phone": "+1 (555) 010-0000",
+            "sms_consent": True,
+            "sms_consent_at": CONSENT,
+        },
+        # Klaviyo refuses this one (GB is outside this account's SMS setup); their email still goes.
+        {
+            **email_subscriber(9),
+            "subscriber_id": "british",
+            "phone": "+44 7400 123456",
+            "sms_consent": True,
+            "sms_consent_at": CONSENT,
+        },
+        sms_subscriber(3),
+    )
+
+    _, result = world.push()
+
+    reasons = {(sub, channel): (reason, stage) for sub, channel, reason, stage in world.rejections()}
+    assert reasons[("bad-email", "email")] == ("not an email address", "plan")
+    assert reasons[("bad-phone", "sms")][1] == "plan"
+    assert reasons[("no-time", "email")] == ("consent without a consent time (no evidence to push)", "plan")
+    assert reasons[("german", "sms")][0].startswith("SMS not supported in DE")
+    assert reasons[("fake-range", "sms")] == ("not a valid phone number (no such number range)", "validation")
+    assert reasons[("british", "sms")][1] == "klaviyo" and "GB" in reasons[("british", "sms")][0]
+    assert len(reasons) == 6
+    assert result.rejected_by_klaviyo == 1
+    assert world.members(both) == {"person1@example.com", "person9@example.com", "+14155550003"}
+    # The refused row is remembered: the next run neither retries it nor forgets its rejection.
+    _, again = world.push()
+    assert again.api_calls == 0 and len(world.rejections()) == 6
+
+
+def test_a_batch_refused_without_a_pointer_is_split_until_the_bad_row_is_isolated(make_push_world):
+    world = make_push_world()
+    both = world.create_list("Everyone")
+    world.configure(email_list_id=both, sms_list_id=both)
+    good = [email_subscriber(n) for n in range(40)]
+    british = {
+        "subscriber_id": "uk",
+        "phone": "+447400123456",
+        "sms_consent": True,
+        "sms_consent_at": CONSENT,
+    }
+    world.land_subscribers(*good, british)
+    # The first job is refused as a whole with no source pointer (Klaviyo does this for some bodies).
+    world.control.put(
+        "/_sandbox/faults",
+        json={"fail_next": 1, "statuses": [400], "path_prefix": "/api/profile-subscription-bulk-create-jobs"},
+    )
+
+    _, result = world.push()
+
+    assert result.subscribed == 40 and result.rejected_by_klaviyo == 1
+    assert result.refused_jobs >= 2  # the injected refusal, then the half holding the British number
+    assert len(world.members(both)) == 40
+    assert [r[0] for r in world.rejections()] == ["uk"]
+
+
+def test_too_many_refusals_stop_the_run_and_keep_what_was_accepted(make_push_world):
+    world = make_push_world(account_index=0)
+    texts = world.create_list("SMS")
+    world.configure(sms_list_id=texts, sms_countries=["GB", "US"])
+    world.land_subscribers(
+        *(
+            {
+                "subscriber_id": f"uk{n}",
+                "phone": f"+4474001{n:05d}",
+                "sms_consent": True,
+                "sms_consent_at": CONSENT,
+            }
+            for n in range(5)
+        )
+    )
+    with pytest.raises(PushAborted, match="refused 3 rows"):
+        world.push(max_klaviyo_rejections=2, concurrency=1)
+    assert len(world.rejections()) == 3  # written although the run failed
+    assert {e.state for e in world.ledger().values()} == {"rejected"}
+
+
+def test_settings_are_validated_against_the_accounts_real_lists(make_push_world):
+    world = make_push_world()
+    real = world.create_list("Real")
+    with pytest.raises(PushSettingsError, match="'NoSuch' does not exist"):
+        world.configure(email_list_id=real, sms_list_id="NoSuch")
+    with pytest.raises(PushSettingsError, match="choose a list"):
+        world.configure()
+    saved = world.configure(email_list_id=real, sms_list_id=real)
+    assert saved.same_list and saved.list_names == {real: "Real"} and saved.enabled_since is not None
+    again = world.configure(email_list_id=real)
+    assert again.enabled_since == saved.enabled_since and not again.same_list
