@@ -8,6 +8,10 @@ Routes::
     GET  /integrations/klaviyo/status?account=ID         the connection, with its switches
     GET  /integrations/klaviyo/status.json?account=ID    the same as JSON
     POST /integrations/klaviyo/{activate|deactivate|disconnect}?account=ID
+    GET  /integrations/klaviyo/lists?account=ID          the account's Klaviyo lists (JSON), to choose from
+    GET  /integrations/klaviyo/push-settings?account=ID  where subscribers are pushed (JSON)
+    PUT  /integrations/klaviyo/push-settings?account=ID  choose: {"list_id"} or {"email_list_id",
+                                                          "sms_list_id"}, "sms_countries", "enabled"
     GET  /healthz
 
 What the person sees is always a plain sentence and a way forward ("Try again", "Update Klaviyo
@@ -33,6 +37,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from connectors.klaviyo.client import KlaviyoClient
 from connectors.klaviyo.connections import Connection, ConnectionState, ConnectionStore
 from connectors.klaviyo.errors import (
     ConnectionError_,
@@ -43,6 +48,12 @@ from connectors.klaviyo.errors import (
     OAuthCallbackError,
 )
 from connectors.klaviyo.oauth import KlaviyoOAuth, valid_recart_account_id
+from connectors.klaviyo.push_settings import (
+    PushSettingsError,
+    UnknownListError,
+    push_settings_from_json,
+    save_push_settings,
+)
 from integration_app.summary import STATE_LABELS, connection_summary, describe_expiry
 
 log = logging.getLogger(__name__)
@@ -50,6 +61,8 @@ log = logging.getLogger(__name__)
 CONNECT_PATH = "/integrations/klaviyo/connect"
 CALLBACK_PATH = "/oauth/klaviyo/callback"
 STATUS_PATH = "/integrations/klaviyo/status"
+PUSH_SETTINGS_PATH = "/integrations/klaviyo/push-settings"
+LISTS_PATH = "/integrations/klaviyo/lists"
 
 #: Called after every callback: ``(recart_account_id or None, connection or None, error or None)``.
 CallbackListener = Callable[[str | None, Connection | None, OAuthCallbackError | None], None]
@@ -254,6 +267,12 @@ def _state_explanation(connection: Connection) -> str:
         "were deleted.",
     }[connection.state]
     return f'<p id="state-explanation">{escape(text)}</p>\n'
+
+
+def _json_problem(status: int, reason: str, detail: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": reason, "detail": detail}, status_code=status, headers={"Cache-Control": "no-store"}
+    )
 
 
 def _wants_json(request: Request) -> bool:
@@ -482,6 +501,64 @@ class _Endpoints:
         )
         return _message_page("That did not work", message, status, reason=reason, extra=extra)
 
+    # ------------------------------------------------------------------------ subscriber push (JSON API)
+
+    async def push_settings(self, request: Request) -> Response:
+        """``GET`` / ``PUT`` the push settings of ``?account=`` (lists checked at Klaviyo before saving)."""
+        account = request.query_params.get("account")
+        if not valid_recart_account_id(account):
+            return _json_problem(400, "invalid_account", "Pass ?account=<Recart account id>.")
+        assert account is not None
+        if request.method == "GET":
+            current = self.store.push_settings(account)
+            if current is None:
+                return _json_problem(404, "not_configured", "No lists chosen for this account yet.")
+            return JSONResponse(current.as_dict(), headers={"Cache-Control": "no-store"})
+        if _cross_site(request):
+            return _json_problem(403, "cross_site", "This request came from another site and was refused.")
+        try:
+            body = await request.json()
+        except ValueError:
+            return _json_problem(400, "invalid_json", "The body must be JSON.")
+        try:
+            choice = push_settings_from_json(account, body)
+            saved = await save_push_settings(self.oauth.settings, self.store, choice)
+        except UnknownListError as error:
+            return _json_problem(422, "unknown_list", str(error))
+        except PushSettingsError as error:
+            return _json_problem(400, "invalid_settings", str(error))
+        except ConnectionNotFound:
+            return _json_problem(404, "not_connected", "This Recart account has no Klaviyo connection.")
+        except ConnectionError_ as error:
+            return _json_problem(409, "wrong_state", f"The Klaviyo connection cannot be used: {error}")
+        except KlaviyoApiError as error:
+            log.warning("Push settings of %s not saved: %s", account, error)
+            return _json_problem(
+                502, "klaviyo_unavailable", "Klaviyo could not be reached; nothing was saved."
+            )
+        return JSONResponse(saved.as_dict(), headers={"Cache-Control": "no-store"})
+
+    async def lists(self, request: Request) -> Response:
+        """The Klaviyo lists of ``?account=`` (id, name, opt-in process), for choosing push targets."""
+        account = request.query_params.get("account")
+        if not valid_recart_account_id(account):
+            return _json_problem(400, "invalid_account", "Pass ?account=<Recart account id>.")
+        assert account is not None
+        try:
+            async with KlaviyoClient(self.oauth.settings, self.oauth.credentials(account)) as client:
+                found = [
+                    {"id": k.id, "name": k.name, "opt_in_process": k.opt_in_process}
+                    async for k in client.iter_lists()
+                ]
+        except ConnectionNotFound:
+            return _json_problem(404, "not_connected", "This Recart account has no Klaviyo connection.")
+        except ConnectionError_ as error:
+            return _json_problem(409, "wrong_state", f"The Klaviyo connection cannot be used: {error}")
+        except KlaviyoApiError as error:
+            log.warning("Lists of %s not read: %s", account, error)
+            return _json_problem(502, "klaviyo_unavailable", "Klaviyo could not be reached.")
+        return JSONResponse({"data": found}, headers={"Cache-Control": "no-store"})
+
     async def healthz(self, request: Request) -> Response:
         """Liveness plus a cheap read of the connection store."""
         try:
@@ -545,6 +622,8 @@ def build_app(
         Route(STATUS_PATH, endpoints.status, methods=["GET"]),
         Route(f"{STATUS_PATH}.json", endpoints.status_json, methods=["GET"]),
         Route("/integrations/klaviyo/{action}", endpoints.action, methods=["POST"]),
+        Route(PUSH_SETTINGS_PATH, endpoints.push_settings, methods=["GET", "PUT"]),
+        Route(LISTS_PATH, endpoints.lists, methods=["GET"]),
         Route("/healthz", endpoints.healthz, methods=["GET"]),
     ]
     app = Starlette(routes=routes, middleware=[Middleware(_PlainServerErrors)])

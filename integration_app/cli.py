@@ -4,10 +4,14 @@
     recart-klaviyo connect ACCOUNT [--open] [--timeout 300]
     recart-klaviyo status [ACCOUNT] [--json]
     recart-klaviyo activate|deactivate|disconnect ACCOUNT [--json]
+    recart-klaviyo push-settings ACCOUNT [--list ID | --email-list ID --sms-list ID]
+                                 [--sms-countries US,CA] [--enable | --disable] [--json]
+    recart-klaviyo push ACCOUNT [--dry-run] [--json]
 
 Configuration comes from the environment: ``KLAVIYO_CLIENT_ID``, ``KLAVIYO_CLIENT_SECRET``,
 ``KLAVIYO_REDIRECT_URI``, ``KLAVIYO_BASE_URL``, ``KLAVIYO_AUTHORIZE_URL`` (see ``KlaviyoSettings``) and
-``RECART_STATE_DB``, ``RECART_ENCRYPTION_KEY`` (see ``ConnectionStore``).
+``RECART_STATE_DB``, ``RECART_ENCRYPTION_KEY`` (see ``ConnectionStore``); ``push`` reads the desired
+state from ``WAREHOUSE_DUCKDB_PATH`` (default ``.state/warehouse.duckdb``).
 """
 
 from __future__ import annotations
@@ -38,6 +42,13 @@ from connectors.klaviyo.errors import (
     OAuthCallbackError,
 )
 from connectors.klaviyo.oauth import KlaviyoOAuth, valid_recart_account_id
+from connectors.klaviyo.push_settings import (
+    DEFAULT_SMS_COUNTRIES,
+    PushSettings,
+    PushSettingsError,
+    normalize_countries,
+    save_push_settings,
+)
 from integration_app.app import CALLBACK_PATH, build_app
 from integration_app.server import bind, serving
 from integration_app.summary import connection_summary, describe_expiry
@@ -343,6 +354,122 @@ def _wait_for_connection(
     raise CliError(f"timed out after {timeout:g} s waiting for the OAuth callback", EXIT_TIMEOUT)
 
 
+# ---------------------------------------------------------------------------- subscriber push
+
+
+def cmd_push_settings(args: argparse.Namespace) -> int:
+    """Show an account's push settings, or change them (validated against its Klaviyo lists)."""
+    account = _account(args.account)
+    changing = any(
+        v is not None for v in (args.list, args.email_list, args.sms_list, args.sms_countries, args.enabled)
+    )
+    store = _store()
+    try:
+        current = store.push_settings(account)
+        if not changing:
+            if current is None:
+                if store.get(account) is None:
+                    raise CliError(f"Recart account {account!r} has no Klaviyo connection", EXIT_NOT_FOUND)
+                raise CliError(
+                    f"{account} has no push settings yet: choose with --list ID (or --email-list/--sms-list)",
+                    EXIT_NEEDS_ATTENTION,
+                )
+            _print_settings(current, args.json)
+            return EXIT_OK
+        if args.list and (args.email_list or args.sms_list):
+            raise CliError("give --list (one list for both) or --email-list/--sms-list, not both", EXIT_USAGE)
+        email_list = _chosen_list(args.list or args.email_list, current.email_list_id if current else None)
+        sms_list = _chosen_list(args.list or args.sms_list, current.sms_list_id if current else None)
+        countries = (
+            normalize_countries(args.sms_countries.split(","))
+            if args.sms_countries is not None
+            else (current.sms_countries if current else DEFAULT_SMS_COUNTRIES)
+        )
+        enabled = args.enabled if args.enabled is not None else (current.enabled if current else True)
+        try:
+            choice = PushSettings(account, email_list, sms_list, countries, enabled)
+            saved = asyncio.run(save_push_settings(_settings(need_app=True), store, choice))
+        except PushSettingsError as error:
+            raise CliError(str(error), EXIT_USAGE) from None
+        except ConnectionNotFound:
+            raise CliError(f"Recart account {account!r} has no Klaviyo connection", EXIT_NOT_FOUND) from None
+        except ConnectionError_ as error:
+            raise CliError(str(error), EXIT_NEEDS_ATTENTION) from None
+        except KlaviyoError as error:
+            raise CliError(
+                f"could not check the lists at Klaviyo; nothing saved: {error}", EXIT_FAILED
+            ) from None
+        _print_settings(saved, args.json)
+        return EXIT_OK
+    finally:
+        store.close()
+
+
+def _chosen_list(given: str | None, current: str | None) -> str | None:
+    """A list option: unset keeps the current list, ``none`` stops pushing that channel."""
+    if given is None:
+        return current
+    return None if given.lower() == "none" else given
+
+
+def _print_settings(settings: PushSettings, as_json: bool) -> None:
+    if as_json:
+        _print_json(settings.as_dict())
+        return
+
+    def named(list_id: str | None) -> str:
+        return f"{list_id} ({settings.list_names.get(list_id, '?')})" if list_id else "- (not pushed)"
+
+    print(f"Subscriber push of {settings.recart_account_id}: {'on' if settings.enabled else 'off'}")
+    print(f"  email subscribers -> {named(settings.email_list_id)}")
+    print(
+        f"  SMS subscribers   -> {named(settings.sms_list_id)}"
+        + ("  (same list)" if settings.same_list else "")
+    )
+    print(f"  SMS countries:       {', '.join(settings.sms_countries)}")
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """Push one account's subscribers now (or print the plan with --dry-run)."""
+    from orchestration.subscriber_push import PushAborted, PushNotConfigured, push_connected_account
+    from warehouse.duckdb_file import default_path
+
+    account = _account(args.account)
+    store = _store()
+    try:
+        try:
+            plan, result = asyncio.run(
+                push_connected_account(
+                    _settings(need_app=True), store, account, default_path(), dry_run=args.dry_run
+                )
+            )
+        except PushNotConfigured as error:
+            raise CliError(str(error), EXIT_NEEDS_ATTENTION) from None
+        except ConnectionNotFound:
+            raise CliError(f"Recart account {account!r} has no Klaviyo connection", EXIT_NOT_FOUND) from None
+        except ConnectionError_ as error:
+            raise CliError(str(error), EXIT_NEEDS_ATTENTION) from None
+        except (PushAborted, KlaviyoError) as error:
+            raise CliError(
+                f"push failed (what Klaviyo accepted is in the ledger): {error}", EXIT_FAILED
+            ) from None
+        if args.json:
+            _print_json({"plan": plan.summary(), "result": result.as_metadata() if result else None})
+        elif result is None:
+            print(plan.render())
+        else:
+            figures = result.as_metadata()
+            print(
+                f"Pushed {account}: {figures['subscribed']} subscribed, "
+                f"{figures['unsubscribed']} unsubscribed, {figures['rejected']} rejected, "
+                f"{figures['unchanged']} unchanged, "
+                f"{figures['api_calls']} API calls in {figures['seconds']:.1f} s"
+            )
+        return EXIT_OK
+    finally:
+        store.close()
+
+
 # ---------------------------------------------------------------------------- parser
 
 
@@ -399,6 +526,26 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("account", help="Recart account id")
         command.add_argument("--json", action="store_true", help="print the connection as JSON")
         command.set_defaults(func=cmd_switch)
+
+    push_settings = commands.add_parser(
+        "push-settings", help="show or choose the Klaviyo lists Recart subscribers are pushed into"
+    )
+    push_settings.add_argument("account", help="Recart account id")
+    push_settings.add_argument("--list", help="one list for email and SMS subscribers")
+    push_settings.add_argument("--email-list", help="the list for email subscribers ('none': no email push)")
+    push_settings.add_argument("--sms-list", help="the list for SMS subscribers ('none': no SMS push)")
+    push_settings.add_argument("--sms-countries", help="countries the account's SMS covers, e.g. US,CA")
+    switch = push_settings.add_mutually_exclusive_group()
+    switch.add_argument("--enable", dest="enabled", action="store_const", const=True, default=None)
+    switch.add_argument("--disable", dest="enabled", action="store_const", const=False)
+    push_settings.add_argument("--json", action="store_true", help="print the settings as JSON")
+    push_settings.set_defaults(func=cmd_push_settings)
+
+    push = commands.add_parser("push", help="push an account's consented subscribers to Klaviyo now")
+    push.add_argument("account", help="Recart account id")
+    push.add_argument("--dry-run", action="store_true", help="print the plan; no API call, nothing written")
+    push.add_argument("--json", action="store_true", help="print the figures as JSON")
+    push.set_defaults(func=cmd_push)
     return parser
 
 

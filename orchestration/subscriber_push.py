@@ -39,8 +39,11 @@ import pandas as pd
 import phonenumbers
 
 from connectors.klaviyo.client import KlaviyoClient
+from connectors.klaviyo.config import KlaviyoSettings
+from connectors.klaviyo.connections import ConnectionStore
 from connectors.klaviyo.errors import InvalidRequestError, KlaviyoError
 from connectors.klaviyo.models import SubscribeProfile
+from connectors.klaviyo.oauth import KlaviyoOAuth
 from connectors.klaviyo.push_settings import PushSettings
 from warehouse.duckdb_file import read_connection, write_connection
 from warehouse.push_ledger import LedgerEntry, PushLedger
@@ -49,12 +52,14 @@ __all__ = [
     "DESIRED_STATE_RELATION",
     "DesiredContact",
     "PushAborted",
+    "PushNotConfigured",
     "PushPlan",
     "PushResult",
     "Rejection",
     "execute_plan",
     "make_plan",
     "push_account",
+    "push_connected_account",
     "read_desired_state",
     "write_rejections",
 ]
@@ -75,6 +80,10 @@ _ITEM_POINTER = re.compile(r"^/data/attributes/profiles/data/(\d+)(?:/|$)")
 
 class PushAborted(KlaviyoError):
     """The push stopped on purpose (too many rejections): what was accepted so far is in the ledger."""
+
+
+class PushNotConfigured(KlaviyoError):
+    """The account has no push settings, or the shop switched the push off."""
 
 
 # ---------------------------------------------------------------------------- the plan
@@ -637,3 +646,34 @@ async def push_account(
             write_rejections, warehouse_path, settings.recart_account_id, result.rejections, run_id
         )
     return plan, result
+
+
+async def push_connected_account(
+    klaviyo: KlaviyoSettings,
+    store: ConnectionStore,
+    recart_account_id: str,
+    warehouse_path: str | Path,
+    *,
+    max_concurrency: int = 16,
+    **options: Any,
+) -> tuple[PushPlan, PushResult | None]:
+    """``push_account`` for a connected account: its settings, its OAuth client, the ledger beside
+    the connection store. The one entry point of the Dagster asset and ``recart-klaviyo push``.
+
+    Raises ``PushNotConfigured`` when the shop chose no list or switched the push off, and the
+    connector's errors when the connection is inactive or needs re-authorization (no call is made).
+    """
+    settings = store.push_settings(recart_account_id)
+    if settings is None:
+        raise PushNotConfigured(
+            f"{recart_account_id} has no push settings: choose its lists with "
+            f"`recart-klaviyo push-settings {recart_account_id} --list LIST_ID`"
+        )
+    if not settings.enabled:
+        raise PushNotConfigured(f"the subscriber push of {recart_account_id} is switched off")
+    oauth = KlaviyoOAuth(klaviyo, store)
+    with PushLedger(store.path) as ledger:
+        async with KlaviyoClient(
+            klaviyo, oauth.credentials(recart_account_id), max_concurrency=max_concurrency
+        ) as client:
+            return await push_account(client, ledger, settings, warehouse_path, **options)

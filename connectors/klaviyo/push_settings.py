@@ -8,7 +8,7 @@ are validated against the account's real lists before they are saved (``validate
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -19,12 +19,17 @@ from connectors.klaviyo.errors import NotFoundError
 
 if TYPE_CHECKING:
     from connectors.klaviyo.client import KlaviyoClient
+    from connectors.klaviyo.config import KlaviyoSettings
+    from connectors.klaviyo.connections import ConnectionStore
 
 __all__ = [
     "DEFAULT_SMS_COUNTRIES",
     "PushSettings",
     "PushSettingsError",
+    "UnknownListError",
     "normalize_countries",
+    "push_settings_from_json",
+    "save_push_settings",
     "validate_push_settings",
 ]
 
@@ -36,6 +41,10 @@ DEFAULT_SMS_COUNTRIES: tuple[str, ...] = ("US", "CA", "GB", "AU")
 
 class PushSettingsError(ValueError):
     """Settings that cannot be saved: the message says which value and why."""
+
+
+class UnknownListError(PushSettingsError):
+    """A chosen list does not exist in the connected Klaviyo account."""
 
 
 @dataclass(frozen=True)
@@ -113,8 +122,64 @@ async def validate_push_settings(client: KlaviyoClient, settings: PushSettings) 
         try:
             klaviyo_list = await client.get_list(list_id)
         except NotFoundError:
-            raise PushSettingsError(
+            raise UnknownListError(
                 f"list {list_id!r} does not exist in the connected Klaviyo account"
             ) from None
         names[list_id] = klaviyo_list.name
     return replace(settings, list_names=names)
+
+
+_JSON_FIELDS = {"email_list_id", "sms_list_id", "list_id", "sms_countries", "enabled"}
+
+
+def push_settings_from_json(recart_account_id: str, body: object) -> PushSettings:
+    """Settings from a JSON request body (the integration app's ``PUT``).
+
+    ``{"email_list_id": "…", "sms_list_id": "…"}``, or ``{"list_id": "…"}`` for one list for both,
+    optionally ``"sms_countries": ["US", …]`` and ``"enabled": false``. Anything else is refused
+    with a ``PushSettingsError`` naming the field.
+    """
+    if not isinstance(body, Mapping):
+        raise PushSettingsError("the body must be a JSON object")
+    unknown = sorted(set(body) - _JSON_FIELDS)
+    if unknown:
+        raise PushSettingsError(
+            f"unknown field(s): {', '.join(unknown)}; allowed: {', '.join(sorted(_JSON_FIELDS))}"
+        )
+    for name in ("email_list_id", "sms_list_id", "list_id"):
+        if body.get(name) is not None and (not isinstance(body[name], str) or not body[name].strip()):
+            raise PushSettingsError(f"{name} must be a list id (a non-empty string)")
+    if body.get("list_id") and (body.get("email_list_id") or body.get("sms_list_id")):
+        raise PushSettingsError("give list_id (one list for both) or email_list_id / sms_list_id, not both")
+    countries = body.get("sms_countries", DEFAULT_SMS_COUNTRIES)
+    if not isinstance(countries, list | tuple) or not all(isinstance(c, str) for c in countries):
+        raise PushSettingsError("sms_countries must be a list of ISO country codes")
+    enabled = body.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise PushSettingsError("enabled must be true or false")
+    one = body.get("list_id")
+    return PushSettings(
+        recart_account_id=recart_account_id,
+        email_list_id=one or body.get("email_list_id"),
+        sms_list_id=one or body.get("sms_list_id"),
+        sms_countries=normalize_countries(countries),
+        enabled=enabled,
+    )
+
+
+async def save_push_settings(
+    klaviyo: KlaviyoSettings, store: ConnectionStore, choice: PushSettings
+) -> PushSettings:
+    """Validate the chosen lists against the connected Klaviyo account, then save the settings.
+
+    The one way the CLI and the integration app change push settings. Raises ``PushSettingsError``
+    (a list does not exist) and the connector's errors (not connected, needs re-authorization,
+    Klaviyo unreachable); nothing is saved then.
+    """
+    from connectors.klaviyo.client import KlaviyoClient
+    from connectors.klaviyo.oauth import KlaviyoOAuth
+
+    oauth = KlaviyoOAuth(klaviyo, store)
+    async with KlaviyoClient(klaviyo, oauth.credentials(choice.recart_account_id)) as client:
+        checked = await validate_push_settings(client, choice)
+    return store.set_push_settings(checked)
