@@ -10,7 +10,7 @@ import duckdb
 
 from connectors.klaviyo.client import KlaviyoClient
 from connectors.klaviyo.config import KLAVIYO_AUTHORIZE_URL, KLAVIYO_BASE_URL, KlaviyoSettings
-from connectors.klaviyo.connections import ConnectionStore
+from connectors.klaviyo.connections import Connection, ConnectionState, ConnectionStore
 from connectors.klaviyo.oauth import KlaviyoOAuth
 from warehouse.duckdb_file import read_connection, write_connection
 
@@ -72,3 +72,22 @@ class WarehouseResource(dg.ConfigurableResource):
         """A read-only connection (retried while a writer holds the file)."""
         with read_connection(self.path) as conn:
             yield conn
+
+
+def require_active_connection(store: ConnectionStore, recart_account_id: str) -> Connection:
+    """The account's connection when it is active; otherwise a ``dg.Failure`` that says why.
+
+    Inactive, needs-re-authorization and removed connections fail at once with the state and its
+    reason, and without retries: the shop has to act first.
+    """
+    connection = store.get(recart_account_id)
+    if connection is None or connection.state != ConnectionState.ACTIVE:
+        state = connection.state.value if connection else "not connected"
+        reason = (connection.state_reason if connection else None) or ""
+        message = f"Recart account {recart_account_id}: Klaviyo connection is {state}. {reason}"
+        raise dg.Failure(
+            description=message.strip(),
+            metadata={"connection_state": state},
+            allow_retries=False,
+        )
+    return connection

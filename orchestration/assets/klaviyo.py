@@ -15,7 +15,7 @@ import dagster as dg
 
 from connectors.klaviyo.connections import ConnectionState
 from orchestration.partitions import klaviyo_accounts
-from orchestration.resources import KlaviyoResource, WarehouseResource
+from orchestration.resources import KlaviyoResource, WarehouseResource, require_active_connection
 from orchestration.segment_sync import SyncResult, summarize, sync_account
 
 RAW_GROUPS = dg.AssetKey(["klaviyo", "raw_groups"])
@@ -91,16 +91,7 @@ def klaviyo_segment_sync(
     """Sync one account's Klaviyo segments and lists (incremental joins, sweeps only when someone left)."""
     account_id = context.partition_key
     with klaviyo.store() as store:
-        connection = store.get(account_id)
-        if connection is None or connection.state != ConnectionState.ACTIVE:
-            state = connection.state.value if connection else "not connected"
-            reason = (connection.state_reason if connection else None) or ""
-            # A visible reason, and no retry loop: the shop has to act first.
-            raise dg.Failure(
-                description=f"Recart account {account_id}: Klaviyo connection is {state}. {reason}".strip(),
-                metadata={"connection_state": state},
-                allow_retries=False,
-            )
+        require_active_connection(store, account_id)
 
         async def run() -> SyncResult:
             async with klaviyo.client(store, account_id) as client:

@@ -40,7 +40,7 @@ def test_double_opt_in_list_gets_no_confirmation_email(make_push_world):
     world.configure(email_list_id=doi)
     world.land_subscribers(*(email_subscriber(n) for n in range(3)))
 
-    plan, result = world.push()
+    _plan, result = world.push()
 
     assert result.subscribed == 3 and result.historical_import_lists == [doi]
     assert world.confirmation_emails() == []
@@ -199,7 +199,7 @@ def test_separate_lists_get_their_own_channel(make_push_world):
         {**email_subscriber(1), "phone": "+14155550001", "sms_consent": True, "sms_consent_at": CONSENT}
     )
 
-    plan, result = world.push()
+    plan, _result = world.push()
 
     assert plan.jobs_per_list() == {emails: 1, texts: 1}
     assert world.members(emails) == {"person1@example.com"}
