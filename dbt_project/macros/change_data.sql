@@ -22,10 +22,7 @@
     where ({{ key_columns | join(', ') }}) in (
         select {{ key_columns | join(', ') }}
         from {{ relation }}
-        where _loaded_at >= (
-            select {{ dbt.dateadd('hour', -1 * var('incremental_lookback_hours'), 'max(loaded_at)') }}
-            from {{ this }}
-        )
+        where _loaded_at >= {{ incremental_watermark() }}
     )
     {%- endif %}
 {%- endmacro %}

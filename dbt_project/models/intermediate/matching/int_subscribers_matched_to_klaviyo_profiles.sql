@@ -12,13 +12,13 @@
 #}
 with
 
-subscribers as (
+subscribers as not materialized (
 
     select * from {{ ref('stg_recart__subscribers') }}
 
 ),
 
-profiles as (
+profiles as not materialized (
 
     select * from {{ ref('int_klaviyo_profiles_deduplicated') }}
 

@@ -1,12 +1,34 @@
+{{
+  config(
+    materialized='incremental',
+    unique_key=['account_id', 'subscriber_id'],
+    incremental_strategy='delete+insert',
+    on_schema_change='append_new_columns',
+    post_hook="{{ drop_tombstones('product_tag is null') }}"
+  )
+}}
+
+{#
+    Incremental: a run rebuilds all tag rows of the subscribers whose purchases may have changed
+    since the watermark (purchase_affected_subscribers), who own orders with changed lines, or who
+    bought a product whose tags changed; one left with no tags is a tombstone (product_tag null).
+#}
+
+-- Read by the incremental branch only (dbt learns dependencies while parsing, not incremental):
+-- depends_on: {{ ref('stg_recart__subscribers') }}
+-- depends_on: {{ source('recart', 'raw_subscribers') }}
+-- depends_on: {{ source('recart', 'raw_orders') }}
+-- depends_on: {{ source('recart', 'raw_order_lines') }}
+-- depends_on: {{ source('recart', 'raw_products') }}
 with
 
-purchases as (
+all_purchases as not materialized (
 
     select * from {{ ref('int_orders_matched_to_subscribers') }}
 
 ),
 
-order_lines as (
+all_order_lines as not materialized (
 
     select * from {{ ref('stg_recart__order_lines') }}
 
@@ -18,19 +40,100 @@ product_tags as (
 
 ),
 
+{% if is_incremental() %}
+
+affected_subscribers as (
+
+    {{ purchase_affected_subscribers(incremental_watermark()) }}
+
+    union
+
+    select
+        all_purchases.account_id,
+        all_purchases.subscriber_id
+    from all_purchases
+    where (all_purchases.account_id, all_purchases.order_id) in (
+        select
+            account_id,
+            order_id
+        from {{ source('recart', 'raw_order_lines') }}
+        where _loaded_at >= {{ incremental_watermark() }}
+    )
+
+    union
+
+    select
+        all_purchases.account_id,
+        all_purchases.subscriber_id
+    from all_purchases
+    where (all_purchases.account_id, all_purchases.order_id) in (
+        -- orders with a product whose tags changed (filter the lines first: few products change)
+        select
+            all_order_lines.account_id,
+            all_order_lines.order_id
+        from all_order_lines
+        where (all_order_lines.account_id, all_order_lines.product_id) in (
+            select
+                account_id,
+                product_id
+            from {{ source('recart', 'raw_products') }}
+            where _loaded_at >= {{ incremental_watermark() }}
+        )
+    )
+
+),
+
+-- materialized: the affected subscribers' purchases and lines are few; read them before joining tags
+purchases as materialized (
+
+    select * from all_purchases
+    where (account_id, subscriber_id) in (
+        select
+            affected_subscribers.account_id,
+            affected_subscribers.subscriber_id
+        from affected_subscribers
+    )
+
+),
+
+order_lines as materialized (
+
+    select * from all_order_lines
+    where (account_id, order_id) in (select purchases.account_id, purchases.order_id from purchases)
+
+),
+
+{% else %}
+
+purchases as not materialized (
+
+    select * from all_purchases
+
+),
+
+order_lines as (
+
+    select * from all_order_lines
+
+),
+
+{% endif %}
+
 tags_per_order as (
 
     -- distinct first: an order counts once per tag, however many lines carry it
-    select distinct
+    select
         order_lines.account_id,
         order_lines.order_id,
-        product_tags.product_tag
+        product_tags.product_tag,
+        max(order_lines.loaded_at) as loaded_at
 
     from order_lines
     inner join product_tags
         on
             order_lines.account_id = product_tags.account_id
             and order_lines.product_id = product_tags.product_id
+    group by order_lines.account_id, order_lines.order_id, product_tags.product_tag
 
 ),
 
@@ -42,7 +145,8 @@ tags_per_subscriber as (
         tags_per_order.product_tag,
         min(purchases.placed_at) as first_bought_at,
         max(purchases.placed_at) as last_bought_at,
-        count(*) as order_count
+        count(*) as order_count,
+        greatest(max(purchases.loaded_at), max(tags_per_order.loaded_at)) as loaded_at
 
     from tags_per_order
     inner join purchases
@@ -51,6 +155,41 @@ tags_per_subscriber as (
             and tags_per_order.order_id = purchases.order_id
     group by purchases.account_id, purchases.subscriber_id, tags_per_order.product_tag
 
+),
+
+{% if is_incremental() %}
+
+tombstones as (
+
+    select
+        affected_subscribers.account_id,
+        affected_subscribers.subscriber_id,
+        cast(null as varchar) as product_tag,
+        cast(null as timestamp with time zone) as first_bought_at,
+        cast(null as timestamp with time zone) as last_bought_at,
+        0 as order_count,
+        cast(null as timestamp with time zone) as loaded_at
+
+    from affected_subscribers
+    where (affected_subscribers.account_id, affected_subscribers.subscriber_id) not in (
+        select
+            tags_per_subscriber.account_id,
+            tags_per_subscriber.subscriber_id
+        from tags_per_subscriber
+    )
+
+),
+
+{% endif %}
+
+tags_and_tombstones as (
+
+    select * from tags_per_subscriber
+    {% if is_incremental() %}
+    union all
+    select * from tombstones
+    {% endif %}
+
 )
 
-select * from tags_per_subscriber
+select * from tags_and_tombstones
