@@ -23,7 +23,7 @@ from urllib.parse import unquote
 
 import orjson
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -333,6 +333,12 @@ async def api_endpoint(request: Request) -> Response:
         response = await _api(request, sandbox, path, log, drop)
     except ApiError as error:
         response = _error_response(error)
+    except ClientDisconnect:
+        # The client went away before its body arrived (a killed process): nothing was applied,
+        # and nobody is left to answer. Logged as 499, nginx's "client closed request".
+        log["status"] = 499
+        sandbox.request_log.append(log)
+        return Response(status_code=499)
     except Exception:  # a sandbox bug: still Klaviyo's 500 body, and the connection stays usable
         logger.exception("unhandled error in %s %s", request.method, path)
         response = _error_response(ApiError(500, "An unexpected error occurred."))

@@ -507,7 +507,8 @@ async def faults(request: Request) -> dict[str, Any]:
             statuses = body["statuses"]
             # 400 too: a batch-level refusal without a source pointer, which real Klaviyo sends for
             # some bodies and which the subscriber push must split to find the bad rows.
-            if not statuses or not all(isinstance(s, int) and (500 <= s <= 599 or s == 400) for s in statuses):
+            allowed = [isinstance(s, int) and (500 <= s <= 599 or s == 400) for s in statuses]
+            if not statuses or not all(allowed):
                 raise ControlError(400, "statuses must be a non-empty list of 5xx codes (or 400)")
             current.statuses = statuses
         if "path_prefix" in body:

@@ -284,6 +284,8 @@ def make_plan(
             continue
         assert row.decided_at is not None
         before = ledger.get((row.channel, row.contact))
+        if before is not None and before.state == "none":
+            before = None  # only an intent from a crashed run: nothing known to be accepted
         change = Change(row.channel, row.contact, row.subscriber_id, row.decided_at, None)
         if row.desired_state == "subscribed":
             if before is not None and before.decided_at == row.decided_at and before.state != "unsubscribed":
@@ -424,6 +426,15 @@ class _Pusher:
     async def subscribe(self, list_id: str, profiles: list[list[Change]], historical_import: bool) -> None:
         """One job; on a 400, isolate the bad profile (or halve the batch) and send the rest again."""
         people = [self._profile(p, historical_import) for p in profiles]
+        self.ledger.intend(
+            self.plan.recart_account_id,
+            [
+                LedgerEntry(c.channel, c.contact, c.subscriber_id, "subscribed", list_id, c.decided_at)
+                for profile in profiles
+                for c in profile
+            ],
+            self.run_id,
+        )
         try:
             async with self.slots:
                 self.result.api_calls += 1
@@ -448,6 +459,15 @@ class _Pusher:
 
     async def unsubscribe(self, profiles: list[list[Change]]) -> None:
         """One unsubscribe job (no list: the channel's marketing consent is withdrawn)."""
+        self.ledger.intend(
+            self.plan.recart_account_id,
+            [
+                LedgerEntry(c.channel, c.contact, c.subscriber_id, "unsubscribed", None, c.decided_at)
+                for p in profiles
+                for c in p
+            ],
+            self.run_id,
+        )
         try:
             async with self.slots:
                 self.result.api_calls += 1

@@ -4,14 +4,21 @@ Embedded default: tables in the SQLite state file (``RECART_STATE_DB``), beside 
 SQLite, not the DuckDB warehouse, because the ledger is written once per accepted batch by many
 account processes at once and must never wait for a long dbt build's hold on the warehouse.
 
-The rule that keeps it honest: a row is written only after Klaviyo answered 202 for the batch
-that carried it (or 400 for that very row: ``rejected``), in one transaction per batch. A crash
-between Klaviyo's answer and the write loses the row, never invents one; the next run sends that
-batch again, which Klaviyo takes as the same subscription.
+The rule that keeps it honest, a write-ahead intent per batch:
 
-States: ``subscribed`` (into ``list_id`` with the consent at ``decided_at``), ``unsubscribed`` (the
-opt-out at ``decided_at``), ``rejected`` (Klaviyo refused the row for ``reason``; not retried
-until the person's consent changes).
+1. before a batch is sent, its rows get ``pending_state`` (what is being asked of Klaviyo), in one
+   transaction; their accepted ``state`` is left as it was;
+2. after Klaviyo's 202 the batch's rows move to ``state = pending_state`` and the intent is
+   cleared, in one transaction (after a 400 naming a row, that row becomes ``rejected``).
+
+So ``state`` is only ever what Klaviyo accepted, and a row with an intent says "Klaviyo holds
+either ``state`` or ``pending_state``": a crash between Klaviyo's answer and step 2 leaves exactly
+that, and the next run, which plans from ``state``, sends the batch again (Klaviyo takes the same
+subscription twice as one).
+
+States: ``none`` (nothing accepted yet, only an intent), ``subscribed`` (into ``list_id`` with the
+consent at ``decided_at``), ``unsubscribed`` (the opt-out at ``decided_at``), ``rejected``
+(Klaviyo refused the row for ``reason``; not retried until the person's consent changes).
 """
 
 from __future__ import annotations
@@ -31,12 +38,15 @@ create table if not exists push_ledger (
     channel text not null check (channel in ('email', 'sms')),
     contact text not null,
     subscriber_id text not null,
-    state text not null check (state in ('subscribed', 'unsubscribed', 'rejected')),
+    state text not null check (state in ('none', 'subscribed', 'unsubscribed', 'rejected')),
     list_id text,
-    decided_at text not null,
+    decided_at text,
     reason text,
-    pushed_at text not null,
+    pushed_at text,
     run_id text,
+    pending_state text check (pending_state in ('subscribed', 'unsubscribed')),
+    pending_list_id text,
+    pending_since text,
     primary key (recart_account_id, channel, contact)
 );
 """
@@ -45,15 +55,17 @@ _BUSY_TIMEOUT_SECONDS = 60.0
 
 @dataclass(frozen=True)
 class LedgerEntry:
-    """One contact point's last state accepted (or refused) by Klaviyo."""
+    """One contact point's last state accepted (or refused) by Klaviyo, and any change in flight."""
 
     channel: str
     contact: str
     subscriber_id: str
     state: str
     list_id: str | None
-    decided_at: datetime
+    decided_at: datetime | None
     reason: str | None = None
+    pending_state: str | None = None  # asked of Klaviyo, answer not recorded (a crash, or in flight)
+    pending_list_id: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -105,16 +117,39 @@ class PushLedger:
     def entries(self, recart_account_id: str) -> dict[tuple[str, str], LedgerEntry]:
         """Every ledger row of one account, by ``(channel, contact)``."""
         rows = self._db.execute(
-            "select channel, contact, subscriber_id, state, list_id, decided_at, reason"
-            " from push_ledger where recart_account_id = ?",
+            "select channel, contact, subscriber_id, state, list_id, decided_at, reason, pending_state,"
+            " pending_list_id from push_ledger where recart_account_id = ?",
             (recart_account_id,),
         ).fetchall()
         return {
-            (channel, contact): LedgerEntry(
-                channel, contact, subscriber, state, list_id, datetime.fromisoformat(decided), reason
+            (row[0], row[1]): LedgerEntry(
+                *row[:5], datetime.fromisoformat(row[5]) if row[5] else None, row[6], row[7], row[8]
             )
-            for channel, contact, subscriber, state, list_id, decided, reason in rows
+            for row in rows
         }
+
+    def intend(
+        self, recart_account_id: str, entries: Iterable[LedgerEntry], run_id: str | None = None
+    ) -> int:
+        """Step 1: record what is about to be asked of Klaviyo (``entries``' state), before sending."""
+        now = _iso(datetime.now(UTC))
+        rows = [
+            (recart_account_id, e.channel, e.contact, e.subscriber_id, e.state, e.list_id, now, run_id)
+            for e in entries
+        ]
+        if not rows:
+            return 0
+        with self._write() as db:
+            db.executemany(
+                "insert into push_ledger (recart_account_id, channel, contact, subscriber_id, state,"
+                " pending_state, pending_list_id, pending_since, run_id)"
+                " values (?1, ?2, ?3, ?4, 'none', ?5, ?6, ?7, ?8)"
+                " on conflict (recart_account_id, channel, contact) do update set"
+                " pending_state = excluded.pending_state, pending_list_id = excluded.pending_list_id,"
+                " pending_since = excluded.pending_since, run_id = excluded.run_id",
+                rows,
+            )
+        return len(rows)
 
     def record(
         self, recart_account_id: str, entries: Iterable[LedgerEntry], run_id: str | None = None
@@ -145,19 +180,26 @@ class PushLedger:
                 " on conflict (recart_account_id, channel, contact) do update set"
                 " subscriber_id = excluded.subscriber_id, state = excluded.state, list_id = excluded.list_id,"
                 " decided_at = excluded.decided_at, reason = excluded.reason, pushed_at = excluded.pushed_at,"
-                " run_id = excluded.run_id",
+                " run_id = excluded.run_id,"
+                " pending_state = null, pending_list_id = null, pending_since = null",
                 rows,
             )
         return len(rows)
 
     def counts(self, recart_account_id: str) -> dict[str, int]:
         """How many contact points the ledger holds per state for one account."""
-        return dict(
+        counts = dict(
             self._db.execute(
-                "select state, count(*) from push_ledger where recart_account_id = ? group by state",
+                "select state, count(*) from push_ledger where recart_account_id = ? and state != 'none'"
+                " group by state",
                 (recart_account_id,),
             ).fetchall()
         )
+        counts["pending"] = self._db.execute(
+            "select count(*) from push_ledger where recart_account_id = ? and pending_state is not null",
+            (recart_account_id,),
+        ).fetchone()[0]
+        return counts
 
     def forget(self, recart_account_id: str) -> int:
         """Drop an account's ledger (its next push sends everything the plan holds again)."""

@@ -20,6 +20,7 @@ from typing import Any
 
 import duckdb
 import httpx2
+import pandas as pd
 import pytest
 from cryptography.fernet import Fernet
 
@@ -37,6 +38,26 @@ DBT_PROJECT_DIR = ROOT / "dbt_project"
 DBT = str(Path(sys.executable).with_name("dbt"))
 REDIRECT_URI = "http://127.0.0.1:9/oauth/klaviyo/callback"
 RECART_ACCOUNT = "shop-push"
+RAW_SUBSCRIBER_TYPES = {
+    **dict.fromkeys(
+        ("account_id", "subscriber_id", "email", "phone", "external_id", "source", "_file"), "varchar"
+    ),
+    **dict.fromkeys(("email_consent", "sms_consent", "deleted"), "boolean"),
+    **dict.fromkeys(
+        (
+            "email_consent_at",
+            "sms_consent_at",
+            "email_opted_out_at",
+            "sms_opted_out_at",
+            "created_at",
+            "updated_at",
+            "_loaded_at",
+        ),
+        "timestamptz",
+    ),
+    "_row": "bigint",
+    "custom_attributes": "json",
+}
 
 
 def build_push_view(database: Path, work: Path) -> None:
@@ -136,12 +157,12 @@ class PushWorld:
 
     def land_subscribers(self, *rows: dict[str, Any], account_id: str | None = None) -> None:
         """Append subscriber change rows to recart.raw_subscribers, as the landing loader would."""
-        conn = duckdb.connect(str(self.warehouse))
-        try:
-            now = datetime.now(UTC)
-            for row in rows:
-                n = next(self._rows)
-                record = {
+        now = datetime.now(UTC)
+        records = []
+        for row in rows:
+            n = next(self._rows)
+            records.append(
+                {
                     "account_id": account_id or self.recart_account_id,
                     "updated_at": row.get("updated_at", now),
                     "_file": f"test/{n}.jsonl",
@@ -149,11 +170,14 @@ class PushWorld:
                     "_loaded_at": now,
                     **row,
                 }
-                columns = ", ".join(record)
-                conn.execute(
-                    f"insert into recart.raw_subscribers ({columns}) values ({', '.join('?' * len(record))})",
-                    list(record.values()),
-                )
+            )
+        columns = sorted({name for record in records for name in record})
+        frame = pd.DataFrame({c: [r.get(c) for r in records] for c in columns}, dtype="object")
+        conn = duckdb.connect(str(self.warehouse))
+        try:
+            conn.register("landed", frame)
+            casts = ", ".join(f"cast({c} as {RAW_SUBSCRIBER_TYPES[c]}) as {c}" for c in columns)
+            conn.execute(f"insert into recart.raw_subscribers by name select {casts} from landed")
         finally:
             conn.close()
 
