@@ -37,8 +37,23 @@ def test_docs_generate_works(built_warehouse: BuiltWarehouse, dbt_in_process, tm
     database = built_warehouse.copy(tmp_path / "warehouse.duckdb")
     assert dbt_in_process(["docs", "generate"], database), dbt_in_process.last_result.exception
     catalog = json.loads((tmp_path / "target" / "catalog.json").read_text())
-    assert "model.recart_warehouse.segment_members" in catalog["nodes"]
+    manifest = json.loads((tmp_path / "target" / "manifest.json").read_text())
     assert "source.recart_warehouse.klaviyo.raw_group_members" in catalog["sources"]
+    documented = {
+        unique_id: node
+        for unique_id, node in manifest["nodes"].items()
+        if node["resource_type"] == "model" and node["fqn"][1] in ("marts", "segments")
+    }
+    assert {"model.recart_warehouse.segment_members", "model.recart_warehouse.vip_hikers"} <= set(documented)
+    for unique_id, node in documented.items():
+        # Every marts and segments model is in the catalog (built, with its columns), described,
+        # and every column its YAML documents exists in the warehouse under that name.
+        assert unique_id in catalog["nodes"], unique_id
+        assert node["description"], unique_id
+        built = {name.lower() for name in catalog["nodes"][unique_id]["columns"]}
+        assert set(node["columns"]) <= built, (unique_id, set(node["columns"]) - built)
+    members = documented["model.recart_warehouse.segment_members"]["columns"]
+    assert members["klaviyo_as_of"]["description"].startswith("Oldest last_synced_at")
 
 
 def test_segment_members_hold_the_shipped_segments(built_warehouse: BuiltWarehouse):
