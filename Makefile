@@ -6,7 +6,7 @@ export UV_SYSTEM_CERTS ?= 1
 export UV_COMPILE_BYTECODE ?= 1
 export DBT_SEND_ANONYMOUS_USAGE_STATS ?= false
 
-.PHONY: dbt-parse demo dev test test-all lint sandbox bench venv browser clean
+.PHONY: dbt-parse demo dev test test-all lint lint-sql sandbox bench venv browser clean
 
 venv: $(VENV)/.synced
 
@@ -33,6 +33,22 @@ test-all: venv browser dbt-parse
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# sqlfluff's dbt templater lives in its own venv: sqlfluff-templater-dbt would move the project's
+# click. Pinned to the project's dbt (pyproject.toml); the venv is rebuilt when these pins change.
+SQLFLUFF_VENV := .venv-sqlfluff
+SQLFLUFF_PINS := sqlfluff==4.4.0 sqlfluff-templater-dbt==4.4.0 dbt-core==1.11.16 dbt-duckdb==1.11.1
+
+$(SQLFLUFF_VENV)/.synced: Makefile
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	rm -rf $(SQLFLUFF_VENV)
+	uv venv --quiet --python 3.11 $(SQLFLUFF_VENV)
+	uv pip install --quiet --python $(SQLFLUFF_VENV) $(SQLFLUFF_PINS)
+	@touch $@
+
+# Run from the project folder: sqlfluff takes the templater only from the working directory's .sqlfluff.
+lint-sql: $(SQLFLUFF_VENV)/.synced  ## sqlfluff (dbt templater, dbt_project/.sqlfluff) on the dbt project
+	cd dbt_project && WAREHOUSE_DUCKDB_PATH=:memory: ../$(SQLFLUFF_VENV)/bin/sqlfluff lint . --processes 2
 
 sandbox: venv  ## serve the sandbox on 127.0.0.1:8765 until Ctrl-C
 	$(BIN)/klaviyo-sandbox serve --seed demo --port 8765
