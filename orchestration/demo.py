@@ -9,6 +9,8 @@
    a day would, syncs again, and prints what was synced, what changed and where the data is.
 4. Writes Recart's demo data (the same people) to the landing zone, loads it and builds the dbt
    project through Dagster, and prints each analyst segment's size per shop.
+5. Chooses each shop's Klaviyo lists (validated at Klaviyo), pushes the consented subscribers and
+   opt-outs through Dagster (``klaviyo/subscriber_push``), then pushes again: nothing to send.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from cryptography.fernet import Fernet
 
 from connectors.klaviyo.connections import ConnectionStore
 from connectors.klaviyo.oauth import KlaviyoOAuth
+from klaviyo_sandbox.app import SandboxApp
 from klaviyo_sandbox.seed import DEMO_OAUTH_CLIENT_ID, DEMO_OAUTH_CLIENT_SECRET, DEMO_REDIRECT_URIS
 from klaviyo_sandbox.server import create_sandbox, running_sandbox
 from klaviyo_sandbox.testing import approve_consent
@@ -121,6 +124,114 @@ def recart_and_dbt(instance: dg.DagsterInstance, warehouse: WarehouseResource) -
         print(f"  {account:<13} {name:<36} {members:>6} subscribers  ({when})")
 
 
+def land_opt_outs(instance: dg.DagsterInstance, warehouse: WarehouseResource, per_shop: int = 25) -> None:
+    """Recart's next change file: some pushed subscribers opt out of email, some text STOP.
+
+    Written to the landing zone as the app's export would (the whole subscriber row, changed) and
+    loaded through Dagster, as the landing sensor would do.
+    """
+    from orchestration.assets.recart import RECART_ASSETS, LandingZoneResource
+    from warehouse.duckdb_file import read_connection
+
+    landing = DEMO_DIR / "landing"
+    with read_connection(warehouse.path) as conn:
+        conn.execute("set timezone = 'UTC'")
+        for shop in SHOPS:
+            target = landing / "recart" / "subscribers" / shop / "changes-optouts.jsonl"
+            conn.execute(
+                f"""
+                copy (
+                    with latest as (
+                        select * exclude (_file, _row, _loaded_at)
+                        from recart.raw_subscribers
+                        where account_id = $shop
+                        qualify row_number() over (
+                            partition by subscriber_id order by updated_at desc, _loaded_at desc, _row desc
+                        ) = 1
+                    ),
+                    pushed as (
+                        select subscriber_id, bool_or(channel = 'sms') as has_sms
+                        from push.klaviyo_push_desired_state
+                        where account_id = $shop and desired_state = 'subscribed' and rejection_reason is null
+                        group by subscriber_id
+                        order by subscriber_id
+                        limit {per_shop * 2}
+                    )
+                    select latest.* replace (
+                        case when not pushed.has_sms then false else latest.email_consent end
+                            as email_consent,
+                        case when not pushed.has_sms then now() end as email_opted_out_at,
+                        case when pushed.has_sms then false else latest.sms_consent end as sms_consent,
+                        case when pushed.has_sms then now() end as sms_opted_out_at,
+                        now() as updated_at
+                    )
+                    from latest join pushed using (subscriber_id)
+                ) to '{target}' (format json)
+                """,
+                {"shop": shop},
+            )
+    dg.materialize(
+        [RECART_ASSETS["subscribers"]],
+        instance=instance,
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        resources={"landing": LandingZoneResource(path=str(landing)), "warehouse": warehouse},
+    )
+
+
+def subscriber_push(
+    instance: dg.DagsterInstance,
+    klaviyo: KlaviyoResource,
+    warehouse: WarehouseResource,
+    sandbox: SandboxApp,
+    accounts: list[dict],
+) -> None:
+    """Choose each shop's lists, push its subscribers through Dagster twice, print the figures."""
+    from connectors.klaviyo.push_settings import PushSettings, save_push_settings
+    from orchestration.assets.push import subscriber_push as push_asset
+
+    print("\nSubscriber push (klaviyo/subscriber_push, Dagster runs; lists checked at Klaviyo):")
+    with klaviyo.store() as store:
+        for shop, account in zip(SHOPS, accounts, strict=False):
+            lists = sorted(sandbox.store.accounts[account["id"]].lists.values(), key=lambda k: k.name)
+            double = next((k for k in lists if k.opt_in_process == "double_opt_in"), lists[0])
+            single = next((k for k in lists if k.opt_in_process != "double_opt_in"), lists[0])
+            # Three shapes: email and SMS apart; one list for both; email only (no SMS at Klaviyo).
+            sms = {SHOPS[0]: single, SHOPS[1]: double}.get(shop)
+            choice = PushSettings(shop, double.id, sms.id if sms else None, sms_countries=("US", "CA"))
+            saved = asyncio.run(save_push_settings(klaviyo.settings(), store, choice))
+            print(
+                f"  {shop:<13} email -> {double.name!r} ({double.opt_in_process}), "
+                + (f"SMS -> {sms.name!r}" + (" (same list)" if saved.same_list else "") if sms else "no SMS")
+            )
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    steps = ("first push", "again, nothing changed", "opt-outs landed (email unsubscribes, SMS STOP)")
+    for label in steps:
+        if label == steps[2]:
+            land_opt_outs(instance, warehouse)
+        print(f"  {label}:")
+        for shop in SHOPS:
+            result = dg.materialize(
+                [push_asset],
+                partition_key=shop,
+                instance=instance,
+                resources={"klaviyo": klaviyo, "warehouse": warehouse},
+                run_config=quiet,
+            )
+            [event] = result.get_asset_materialization_events()
+            meta = {k: v.value for k, v in event.materialization.metadata.items()}
+            print(
+                f"    {shop:<13} {meta['subscribed']:>5} subscribed {meta['unsubscribed']:>4} unsubscribed "
+                f"{meta['rejected']:>4} rejected {meta['unchanged']:>5} unchanged  "
+                f"{meta['subscribe_jobs']:>2} subscribe + {meta['unsubscribe_jobs']:>2} unsubscribe jobs, "
+                f"{meta['api_calls']:>3} API calls {meta['seconds']:5.1f}s"
+            )
+    confirmations = sum(len(sandbox.store.accounts[a["id"]].confirmation_emails) for a in accounts)
+    print(
+        f"  double opt-in confirmation emails sent because of the push: {confirmations} "
+        "(historical_import with Recart's consent time); rejections with reasons: klaviyo_push.rejections"
+    )
+
+
 def main() -> None:
     """Run the demo and print its summary."""
     DEMO_DIR.mkdir(parents=True, exist_ok=True)
@@ -198,7 +309,8 @@ def main() -> None:
             )
             sync_all(f"Day 2: 80 left and 120 joined {segment.name!r}; incremental sync, one sweep")
 
-        recart_and_dbt(instance, warehouse)
+            recart_and_dbt(instance, warehouse)
+            subscriber_push(instance, klaviyo, warehouse, sandbox, accounts)
 
     from warehouse.duckdb_file import read_connection
 
