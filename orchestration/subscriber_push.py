@@ -38,6 +38,7 @@ import duckdb
 import pandas as pd
 import phonenumbers
 
+from connectors.klaviyo import filters
 from connectors.klaviyo.client import KlaviyoClient
 from connectors.klaviyo.config import KlaviyoSettings
 from connectors.klaviyo.connections import ConnectionStore
@@ -363,6 +364,7 @@ class PushResult:
     api_calls: int = 0
     seconds: float = 0.0
     rejections: list[Rejection] = field(default_factory=list)
+    reconciled: Reconciled | None = None  # intents of a crashed run, settled first
 
     def as_metadata(self) -> dict[str, Any]:
         """Numeric figures for Dagster metadata."""
@@ -376,6 +378,8 @@ class PushResult:
             "refused_jobs": self.refused_jobs,
             "api_calls": self.api_calls,
             "unchanged": int(self.plan.get("unchanged", 0)),
+            "interrupted_found_accepted": self.reconciled.accepted if self.reconciled else 0,
+            "interrupted_unsubscribed_since": self.reconciled.unsubscribed_since if self.reconciled else 0,
             "seconds": round(self.seconds, 3),
         }
 
@@ -572,6 +576,98 @@ async def execute_plan(
     return result
 
 
+# ---------------------------------------------------------------------------- after a crash
+
+# A Klaviyo consent time within this of ours, or of the intent, is taken as our job's doing.
+_CLOCK_SLACK = timedelta(seconds=5)
+
+
+@dataclass
+class Reconciled:
+    """What ``reconcile_interrupted`` found for subscribe intents a crashed run left behind."""
+
+    accepted: int = 0  # Klaviyo holds our subscription: recorded, not sent again
+    unsubscribed_since: int = 0  # the person unsubscribed in Klaviyo afterwards: never re-subscribed
+    not_applied: int = 0  # Klaviyo has no trace of it: the plan sends it again
+    api_calls: int = 0
+
+
+async def reconcile_interrupted(
+    client: KlaviyoClient, ledger: PushLedger, recart_account_id: str, run_id: str | None = None
+) -> Reconciled:
+    """Settle subscribe intents left by a crashed run before planning, by asking Klaviyo.
+
+    Sending such a batch again blindly would be wrong in one case: Klaviyo applied it, and the
+    person then unsubscribed in Klaviyo before this run; a second bulk subscribe would lift that
+    unsubscribe. So each pending contact's profile is read (100 per call, with subscriptions):
+
+    - consent SUBSCRIBED at our consent time (historical import) or since the intent: recorded as
+      accepted, not sent again;
+    - consent UNSUBSCRIBED since the intent: recorded as ``rejected`` with that reason (it shows in
+      the rejections and is not retried until Recart's consent changes);
+    - anything else (no profile, older consent): not applied; the plan sends it again.
+    """
+    entries = [e for e in ledger.entries(recart_account_id).values() if e.pending_state == "subscribed"]
+    outcome = Reconciled()
+    for channel, field_name in (("email", "email"), ("sms", "phone_number")):
+        pending = {e.contact: e for e in entries if e.channel == channel}
+        contacts = sorted(pending)
+        for start in range(0, len(contacts), MAX_UNSUBSCRIBE_PER_JOB):
+            chunk = contacts[start : start + MAX_UNSUBSCRIBE_PER_JOB]
+            outcome.api_calls += 1
+            profiles = [
+                p
+                async for p in client.iter_profiles(
+                    filters.any_of(field_name, chunk), with_subscriptions=True
+                )
+            ]
+            found = {getattr(p, field_name): p for p in profiles}
+            accepted, refused = [], []
+            for contact in chunk:
+                intent = pending[contact]
+                profile = found.get(contact)
+                consent, at = _channel_consent(profile, channel)
+                ours = intent.pending_decided_at
+                since = (intent.pending_since or datetime.now(UTC)) - _CLOCK_SLACK
+                entry = LedgerEntry(
+                    channel, contact, intent.subscriber_id, "subscribed", intent.pending_list_id, ours
+                )
+                if consent == "SUBSCRIBED" and at is not None and (at >= since or _near(at, ours)):
+                    accepted.append(entry)
+                elif consent == "UNSUBSCRIBED" and at is not None and at >= since:
+                    refused.append(
+                        LedgerEntry(
+                            channel,
+                            contact,
+                            intent.subscriber_id,
+                            "rejected",
+                            intent.pending_list_id,
+                            ours,
+                            f"unsubscribed in Klaviyo at {at.isoformat()}, after an interrupted push;"
+                            " not re-subscribed until Recart's consent changes",
+                        )
+                    )
+                else:
+                    outcome.not_applied += 1
+            ledger.record(recart_account_id, [*accepted, *refused], run_id)
+            outcome.accepted += len(accepted)
+            outcome.unsubscribed_since += len(refused)
+    return outcome
+
+
+def _channel_consent(profile: Any, channel: str) -> tuple[str | None, datetime | None]:
+    if profile is None or not profile.subscriptions:
+        return None, None
+    block = (profile.subscriptions.get(channel) or {}).get("marketing") or {}
+    raw = block.get("consent_timestamp")
+    at = datetime.fromisoformat(raw.replace("Z", "+00:00")) if isinstance(raw, str) else None
+    return block.get("consent"), _aware(at)
+
+
+def _near(at: datetime, ours: datetime | None) -> bool:
+    return ours is not None and abs(at - ours) <= _CLOCK_SLACK
+
+
 # ---------------------------------------------------------------------------- rejections table
 
 
@@ -645,11 +741,17 @@ async def push_account(
     The rejections table is written after the push (also when it failed half-way: what was
     refused so far is kept). A dry run reads only: no API call, no ledger or warehouse write.
     """
+    reconciled = None
+    if not dry_run:
+        reconciled = await reconcile_interrupted(client, ledger, settings.recart_account_id, run_id)
     desired = await asyncio.to_thread(read_desired_state, warehouse_path, settings.recart_account_id)
     plan = make_plan(settings, desired, ledger.entries(settings.recart_account_id))
     if dry_run:
         return plan, None
     result = PushResult(settings.recart_account_id, plan.summary(), rejections=list(plan.rejections))
+    if reconciled is not None:
+        result.reconciled = reconciled
+        result.api_calls += reconciled.api_calls
     try:
         if not plan.is_empty:
             await execute_plan(

@@ -46,6 +46,7 @@ create table if not exists push_ledger (
     run_id text,
     pending_state text check (pending_state in ('subscribed', 'unsubscribed')),
     pending_list_id text,
+    pending_decided_at text,
     pending_since text,
     primary key (recart_account_id, channel, contact)
 );
@@ -66,6 +67,8 @@ class LedgerEntry:
     reason: str | None = None
     pending_state: str | None = None  # asked of Klaviyo, answer not recorded (a crash, or in flight)
     pending_list_id: str | None = None
+    pending_decided_at: datetime | None = None
+    pending_since: datetime | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -75,6 +78,10 @@ class LedgerEntry:
 
 def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat()
+
+
+def _parse(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
 
 
 class PushLedger:
@@ -118,12 +125,19 @@ class PushLedger:
         """Every ledger row of one account, by ``(channel, contact)``."""
         rows = self._db.execute(
             "select channel, contact, subscriber_id, state, list_id, decided_at, reason, pending_state,"
-            " pending_list_id from push_ledger where recart_account_id = ?",
+            " pending_list_id, pending_decided_at, pending_since"
+            " from push_ledger where recart_account_id = ?",
             (recart_account_id,),
         ).fetchall()
         return {
             (row[0], row[1]): LedgerEntry(
-                *row[:5], datetime.fromisoformat(row[5]) if row[5] else None, row[6], row[7], row[8]
+                *row[:5],
+                _parse(row[5]),
+                row[6],
+                row[7],
+                row[8],
+                _parse(row[9]),
+                _parse(row[10]),
             )
             for row in rows
         }
@@ -134,7 +148,17 @@ class PushLedger:
         """Step 1: record what is about to be asked of Klaviyo (``entries``' state), before sending."""
         now = _iso(datetime.now(UTC))
         rows = [
-            (recart_account_id, e.channel, e.contact, e.subscriber_id, e.state, e.list_id, now, run_id)
+            (
+                recart_account_id,
+                e.channel,
+                e.contact,
+                e.subscriber_id,
+                e.state,
+                e.list_id,
+                _iso(e.decided_at) if e.decided_at else None,
+                now,
+                run_id,
+            )
             for e in entries
         ]
         if not rows:
@@ -142,10 +166,11 @@ class PushLedger:
         with self._write() as db:
             db.executemany(
                 "insert into push_ledger (recart_account_id, channel, contact, subscriber_id, state,"
-                " pending_state, pending_list_id, pending_since, run_id)"
-                " values (?1, ?2, ?3, ?4, 'none', ?5, ?6, ?7, ?8)"
+                " pending_state, pending_list_id, pending_decided_at, pending_since, run_id)"
+                " values (?1, ?2, ?3, ?4, 'none', ?5, ?6, ?7, ?8, ?9)"
                 " on conflict (recart_account_id, channel, contact) do update set"
                 " pending_state = excluded.pending_state, pending_list_id = excluded.pending_list_id,"
+                " pending_decided_at = excluded.pending_decided_at,"
                 " pending_since = excluded.pending_since, run_id = excluded.run_id",
                 rows,
             )
@@ -181,7 +206,8 @@ class PushLedger:
                 " subscriber_id = excluded.subscriber_id, state = excluded.state, list_id = excluded.list_id,"
                 " decided_at = excluded.decided_at, reason = excluded.reason, pushed_at = excluded.pushed_at,"
                 " run_id = excluded.run_id,"
-                " pending_state = null, pending_list_id = null, pending_since = null",
+                " pending_state = null, pending_list_id = null, pending_decided_at = null,"
+                " pending_since = null",
                 rows,
             )
         return len(rows)

@@ -318,3 +318,60 @@ def test_settings_are_validated_against_the_accounts_real_lists(make_push_world)
     assert saved.same_list and saved.list_names == {real: "Real"} and saved.enabled_since is not None
     again = world.configure(email_list_id=real)
     assert again.enabled_since == saved.enabled_since and not again.same_list
+
+
+def test_a_crashed_push_is_settled_with_klaviyo_before_anything_is_sent_again(make_push_world):
+    import asyncio
+
+    from connectors.klaviyo.models import SubscribeProfile
+    from warehouse.push_ledger import LedgerEntry, PushLedger
+
+    world = make_push_world()
+    doi = world.create_list("Newsletter", "double_opt_in")
+    world.configure(email_list_id=doi)
+    world.land_subscribers(*(email_subscriber(n) for n in (1, 2, 3)))
+    consent = {n: CONSENT + timedelta(minutes=n) for n in (1, 2, 3)}
+    # A run crashed after asking Klaviyo for all three (its intents are in the ledger) and before
+    # recording the answer; Klaviyo had applied 1 and 2 only.
+    with PushLedger(world.klaviyo.state_db) as ledger:
+        ledger.intend(
+            world.recart_account_id,
+            [
+                LedgerEntry("email", f"person{n}@example.com", f"s{n}", "subscribed", doi, consent[n])
+                for n in (1, 2, 3)
+            ],
+        )
+
+    async def applied_before_the_crash() -> None:
+        with world.klaviyo.store() as store:
+            async with world.klaviyo.client(store, world.recart_account_id) as client:
+                await client.subscribe_job(
+                    doi,
+                    [
+                        SubscribeProfile(
+                            email=f"person{n}@example.com", email_consent=True, email_consented_at=consent[n]
+                        )
+                        for n in (1, 2)
+                    ],
+                    historical_import=True,
+                )
+
+    asyncio.run(applied_before_the_crash())
+    # Then person 2 unsubscribed in a Klaviyo email, before the next run.
+    _unsubscribe_at_klaviyo(world, "person2@example.com")
+    jobs_before = len(world.subscription_jobs())
+
+    _, result = world.push()
+
+    settled = result.reconciled
+    assert (settled.accepted, settled.unsubscribed_since, settled.not_applied) == (1, 1, 1)
+    # Only person 3, whom Klaviyo never got, is sent again; person 2's unsubscribe stands.
+    [job] = world.subscription_jobs()[jobs_before:]
+    assert job["profile_count"] == 1 and result.subscribed == 1
+    assert world.profile("person2@example.com")["email_marketing"]["consent"] == "UNSUBSCRIBED"
+    # (A global unsubscribe leaves list membership alone: Klaviyo just stops sending.)
+    assert world.members(doi) == {f"person{n}@example.com" for n in (1, 2, 3)}
+    [(subscriber, _, reason, stage)] = world.rejections()
+    assert subscriber == "s2" and stage == "klaviyo" and "unsubscribed in Klaviyo" in reason
+    assert all(e.pending_state is None for e in world.ledger().values())
+    assert world.push()[1].api_calls == 0
