@@ -133,6 +133,9 @@ class PushPlan:
     recart_account_id: str
     settings: PushSettings
     subscribes: dict[str, list[Change]] = field(default_factory=dict)  # by list id
+    # Pushed before into another list, consent unchanged: added to the new list without a subscribe
+    # (which would lift an unsubscribe made in Klaviyo since), by list id.
+    moves: dict[str, list[Change]] = field(default_factory=dict)
     unsubscribes: list[Change] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     unchanged: int = 0
@@ -155,6 +158,7 @@ class PushPlan:
             "subscribe_jobs": self.jobs_per_list(),
             "unsubscribe": len(self.unsubscribes),
             "unsubscribe_jobs": -(-len(self.unsubscribes) // MAX_UNSUBSCRIBE_PER_JOB),
+            "move_to_new_list": {list_id: len(changes) for list_id, changes in sorted(self.moves.items())},
             "unchanged": self.unchanged,
             "rejected": len(self.rejections),
             "not_pushed": dict(sorted(self.not_pushed.items())),
@@ -179,6 +183,11 @@ class PushPlan:
                 f"      {c.channel:5} {c.contact}  consent {c.decided_at.isoformat()}"
                 for c in changes[:sample]
             ]
+        for list_id, changes in sorted(self.moves.items()):
+            lines.append(
+                f"  add to the new list {list_id} ({s.list_names.get(list_id, '?')}), consent untouched: "
+                f"{len(changes)}"
+            )
         lines.append(f"  unsubscribe: {len(self.unsubscribes)}")
         lines += [
             f"      {c.channel:5} {c.contact}  opted out {c.decided_at.isoformat()}"
@@ -195,7 +204,7 @@ class PushPlan:
     @property
     def is_empty(self) -> bool:
         """True when there is nothing to send."""
-        return not self.unsubscribes and not any(self.subscribes.values())
+        return not self.unsubscribes and not any(self.subscribes.values()) and not any(self.moves.values())
 
 
 def read_desired_state(warehouse_path: str | Path, recart_account_id: str) -> list[DesiredContact]:
@@ -258,6 +267,7 @@ def make_plan(
     """The difference between the desired state and the ledger: what this push must send."""
     plan = PushPlan(settings.recart_account_id, settings)
     subscribes: dict[str, list[Change]] = defaultdict(list)
+    moves: dict[str, list[Change]] = defaultdict(list)
     for row in desired:
         if row.rejection_reason is not None or row.contact is None or row.desired_state is None:
             plan.rejections.append(
@@ -291,6 +301,12 @@ def make_plan(
         if row.desired_state == "subscribed":
             if before is not None and before.decided_at == row.decided_at and before.state != "unsubscribed":
                 # Consent unchanged since Klaviyo took (or refused) it: never subscribe again.
+                if before.state == "subscribed" and before.list_id != list_id:
+                    # The shop chose another list: membership only, consent untouched.
+                    moves[list_id].append(
+                        Change(row.channel, row.contact, row.subscriber_id, row.decided_at, list_id)
+                    )
+                    continue
                 plan.unchanged += 1
                 if before.state == "rejected":
                     plan.rejections.append(
@@ -303,8 +319,6 @@ def make_plan(
                             "klaviyo",
                         )
                     )
-                elif before.list_id != list_id:
-                    plan.not_pushed["list changed, consent unchanged: not re-subscribed"] += 1
                 continue
             if before is not None and before.state == "unsubscribed" and row.decided_at <= before.decided_at:
                 plan.unchanged += 1  # an opt-out newer than this consent already went out
@@ -325,6 +339,7 @@ def make_plan(
                 continue
             plan.unsubscribes.append(change)
     plan.subscribes = dict(subscribes)
+    plan.moves = dict(moves)
     return plan
 
 
@@ -356,6 +371,7 @@ class PushResult:
     plan: dict[str, Any]
     subscribed: int = 0
     unsubscribed: int = 0
+    moved: int = 0  # already subscribed, added to the shop's new list
     rejected_by_klaviyo: int = 0
     subscribe_jobs: Counter[str] = field(default_factory=Counter)  # by list id, accepted jobs
     unsubscribe_jobs: int = 0
@@ -371,6 +387,7 @@ class PushResult:
         return {
             "subscribed": self.subscribed,
             "unsubscribed": self.unsubscribed,
+            "moved_to_new_list": self.moved,
             "rejected": len(self.rejections),
             "rejected_by_klaviyo": self.rejected_by_klaviyo,
             "subscribe_jobs": sum(self.subscribe_jobs.values()),
@@ -460,6 +477,64 @@ class _Pusher:
         )
         self.result.subscribed += sum(len(p) for p in profiles)
         self.result.subscribe_jobs[list_id] += 1
+
+    async def move(self, list_id: str, changes: list[Change]) -> None:
+        """Add already-subscribed contacts to the shop's new list: find their profiles (100 per
+        call), then add them (one call of up to 1,000). Consent is not touched."""
+        account = self.plan.recart_account_id
+        self.ledger.intend(
+            account,
+            [
+                LedgerEntry(c.channel, c.contact, c.subscriber_id, "moved", list_id, c.decided_at)
+                for c in changes
+            ],
+            self.run_id,
+        )
+        found: dict[tuple[str, str], str] = {}
+        for channel, field_name in (("email", "email"), ("sms", "phone_number")):
+            contacts = sorted({c.contact for c in changes if c.channel == channel})
+            for start in range(0, len(contacts), MAX_UNSUBSCRIBE_PER_JOB):
+                chunk = contacts[start : start + MAX_UNSUBSCRIBE_PER_JOB]
+                async with self.slots:
+                    self.result.api_calls += 1
+                    async for profile in self.client.iter_profiles(filters.any_of(field_name, chunk)):
+                        found[(channel, getattr(profile, field_name))] = profile.id
+        present = [c for c in changes if (c.channel, c.contact) in found]
+        gone = [c for c in changes if (c.channel, c.contact) not in found]
+        if present:
+            async with self.slots:
+                self.result.api_calls += 1
+                await self.client.add_to_list(
+                    list_id, sorted({found[(c.channel, c.contact)] for c in present})
+                )
+        self.ledger.record(
+            account,
+            [
+                *(
+                    LedgerEntry(c.channel, c.contact, c.subscriber_id, "subscribed", list_id, c.decided_at)
+                    for c in present
+                ),
+                # Deleted in Klaviyo since the push: nothing to add (a new consent pushes it again).
+                *(
+                    LedgerEntry(
+                        c.channel,
+                        c.contact,
+                        c.subscriber_id,
+                        "rejected",
+                        list_id,
+                        c.decided_at,
+                        "no Klaviyo profile any more: not added to the new list",
+                    )
+                    for c in gone
+                ),
+            ],
+            self.run_id,
+        )
+        self.result.moved += len(present)
+        self.result.rejections += [
+            Rejection(c.subscriber_id, c.channel, None, c.contact, "no Klaviyo profile any more", "klaviyo")
+            for c in gone
+        ]
 
     async def unsubscribe(self, profiles: list[list[Change]]) -> None:
         """One unsubscribe job (no list: the channel's marketing consent is withdrawn)."""
@@ -562,6 +637,11 @@ async def execute_plan(
         tasks += [
             pusher.subscribe(list_id, profiles[i : i + MAX_SUBSCRIBE_PER_JOB], historical)
             for i in range(0, len(profiles), MAX_SUBSCRIBE_PER_JOB)
+        ]
+    for list_id, changes in sorted(plan.moves.items()):
+        tasks += [
+            pusher.move(list_id, changes[i : i + MAX_SUBSCRIBE_PER_JOB])
+            for i in range(0, len(changes), MAX_SUBSCRIBE_PER_JOB)
         ]
     singles = [[c] for c in plan.unsubscribes]
     tasks += [

@@ -16,6 +16,9 @@ either ``state`` or ``pending_state``": a crash between Klaviyo's answer and ste
 that, and the next run, which plans from ``state``, sends the batch again (Klaviyo takes the same
 subscription twice as one).
 
+Intents: ``subscribed``, ``unsubscribed``, ``moved`` (an already subscribed contact being added to
+the shop's new list ``pending_list_id``, consent untouched).
+
 States: ``none`` (nothing accepted yet, only an intent), ``subscribed`` (into ``list_id`` with the
 consent at ``decided_at``), ``unsubscribed`` (the opt-out at ``decided_at``), ``rejected``
 (Klaviyo refused the row for ``reason``; not retried until the person's consent changes).
@@ -44,7 +47,7 @@ create table if not exists push_ledger (
     reason text,
     pushed_at text,
     run_id text,
-    pending_state text check (pending_state in ('subscribed', 'unsubscribed')),
+    pending_state text check (pending_state in ('subscribed', 'unsubscribed', 'moved')),
     pending_list_id text,
     pending_decided_at text,
     pending_since text,

@@ -94,6 +94,7 @@ MEMBER_FIELDS = "email,phone_number,external_id,joined_group_at"
 MAX_SUBSCRIBE_PER_JOB = 1000
 MAX_UNSUBSCRIBE_PER_JOB = 100
 MAX_IDS_PER_FILTER = 100
+MAX_LIST_MEMBERS_PER_CALL = 1000  # POST /api/lists/{id}/relationships/profiles
 MAX_IMPORT_PER_JOB = 10_000
 WEBHOOK_CHANGES = frozenset({"name", "description", "endpoint_url", "secret_key", "enabled", "topics"})
 
@@ -224,6 +225,7 @@ OPERATIONS: dict[str, Operation] = {
             extra=("additional-fields[profile]=predictive_analytics",),
         ),
         Operation("bulk_subscribe_profiles", "POST", "/api/profile-subscription-bulk-create-jobs", "L"),
+        Operation("add_profiles_to_list", "POST", "/api/lists/{id}/relationships/profiles", "M"),
         Operation("bulk_unsubscribe_profiles", "POST", "/api/profile-subscription-bulk-delete-jobs", "L"),
         Operation("get_metrics", "GET", "/api/metrics", "M"),
         Operation("get_events", "GET", "/api/events", "XL", page_size=1000),
@@ -866,6 +868,16 @@ class KlaviyoClient:
             }
         }
         await self._request("bulk_subscribe_profiles", body=body)
+
+    async def add_to_list(self, list_id: str, profile_ids: Sequence[str]) -> None:
+        """Add existing profiles to a list (at most 1,000 ids): membership only, consent untouched,
+        no double opt-in email."""
+        if not 0 < len(profile_ids) <= MAX_LIST_MEMBERS_PER_CALL:
+            raise ValueError(
+                f"add_to_list takes 1 to {MAX_LIST_MEMBERS_PER_CALL} profile ids, got {len(profile_ids)}"
+            )
+        body = {"data": [{"type": "profile", "id": profile_id} for profile_id in profile_ids]}
+        await self._request("add_profiles_to_list", path_params={"id": list_id}, body=body)
 
     async def bulk_unsubscribe(
         self,

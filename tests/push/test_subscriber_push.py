@@ -375,3 +375,24 @@ def test_a_crashed_push_is_settled_with_klaviyo_before_anything_is_sent_again(ma
     assert subscriber == "s2" and stage == "klaviyo" and "unsubscribed in Klaviyo" in reason
     assert all(e.pending_state is None for e in world.ledger().values())
     assert world.push()[1].api_calls == 0
+
+
+def test_a_new_list_gets_the_subscribers_without_touching_their_consent(make_push_world):
+    world = make_push_world()
+    old, new = world.create_list("Old"), world.create_list("New", "double_opt_in")
+    world.configure(email_list_id=old)
+    world.land_subscribers(*(email_subscriber(n) for n in (1, 2, 3)))
+    world.push()
+    _unsubscribe_at_klaviyo(world, "person2@example.com")
+    world.configure(email_list_id=new)
+    jobs_before = len(world.subscription_jobs())
+
+    plan, result = world.push()
+
+    assert plan.summary()["move_to_new_list"] == {new: 3} and result.moved == 3
+    # No subscribe job (it would lift person 2's unsubscribe), no confirmation email.
+    assert len(world.subscription_jobs()) == jobs_before and world.confirmation_emails() == []
+    assert world.members(new) == {f"person{n}@example.com" for n in (1, 2, 3)}
+    assert world.profile("person2@example.com")["email_marketing"]["consent"] == "UNSUBSCRIBED"
+    assert {e.list_id for e in world.ledger().values()} == {new}
+    assert world.push()[1].api_calls == 0
