@@ -401,6 +401,36 @@ class PushResult:
         }
 
 
+def _ledger_entries(
+    changes: Iterable[Change], state: str, list_id: str | None, reason: str | None = None
+) -> list[LedgerEntry]:
+    """Ledger rows (or intents) for changes: each contact point with ``state`` in ``list_id``."""
+    return [
+        LedgerEntry(c.channel, c.contact, c.subscriber_id, state, list_id, c.decided_at, reason)
+        for c in changes
+    ]
+
+
+_CONTACT_FIELDS = {"email": "email", "sms": "phone_number"}
+
+
+async def _profiles_by_contact(
+    client: KlaviyoClient, contacts: Iterable[tuple[str, str]], *, with_subscriptions: bool = False
+) -> tuple[dict[tuple[str, str], Any], int]:
+    """Klaviyo profiles of ``(channel, contact)`` pairs, looked up 100 per call; and the calls made."""
+    found: dict[tuple[str, str], Any] = {}
+    calls = 0
+    wanted = set(contacts)
+    for channel, field_name in _CONTACT_FIELDS.items():
+        values = sorted(contact for ch, contact in wanted if ch == channel)
+        for start in range(0, len(values), MAX_UNSUBSCRIBE_PER_JOB):
+            calls += 1
+            chunk = filters.any_of(field_name, values[start : start + MAX_UNSUBSCRIBE_PER_JOB])
+            async for profile in client.iter_profiles(chunk, with_subscriptions=with_subscriptions):
+                found[(channel, getattr(profile, field_name))] = profile
+    return found, calls
+
+
 class _Pusher:
     """Sends one plan's batches (a few at a time; the client's limiter keeps to the quota)."""
 
@@ -425,14 +455,7 @@ class _Pusher:
 
     def _reject(self, changes: Sequence[Change], reason: str) -> None:
         self.ledger.record(
-            self.plan.recart_account_id,
-            [
-                LedgerEntry(
-                    c.channel, c.contact, c.subscriber_id, "rejected", c.list_id, c.decided_at, reason
-                )
-                for c in changes
-            ],
-            self.run_id,
+            self.plan.recart_account_id, _ledger_entries(changes, "rejected", None, reason), self.run_id
         )
         self.result.rejected_by_klaviyo += len(changes)
         self.result.rejections += [
@@ -446,125 +469,76 @@ class _Pusher:
 
     async def subscribe(self, list_id: str, profiles: list[list[Change]], historical_import: bool) -> None:
         """One job; on a 400, isolate the bad profile (or halve the batch) and send the rest again."""
-        people = [self._profile(p, historical_import) for p in profiles]
+        changes = [c for profile in profiles for c in profile]
         self.ledger.intend(
-            self.plan.recart_account_id,
-            [
-                LedgerEntry(c.channel, c.contact, c.subscriber_id, "subscribed", list_id, c.decided_at)
-                for profile in profiles
-                for c in profile
-            ],
-            self.run_id,
+            self.plan.recart_account_id, _ledger_entries(changes, "subscribed", list_id), self.run_id
         )
         try:
             async with self.slots:
                 self.result.api_calls += 1
                 await self.client.subscribe_job(
-                    list_id, people, historical_import=historical_import, custom_source=CUSTOM_SOURCE
+                    list_id,
+                    [self._profile(p, historical_import) for p in profiles],
+                    historical_import=historical_import,
+                    custom_source=CUSTOM_SOURCE,
                 )
         except InvalidRequestError as exc:
             self.result.refused_jobs += 1
             await self._isolate(exc, profiles, lambda rest: self.subscribe(list_id, rest, historical_import))
             return
         self.ledger.record(
-            self.plan.recart_account_id,
-            [
-                LedgerEntry(c.channel, c.contact, c.subscriber_id, "subscribed", list_id, c.decided_at)
-                for profile in profiles
-                for c in profile
-            ],
-            self.run_id,
+            self.plan.recart_account_id, _ledger_entries(changes, "subscribed", list_id), self.run_id
         )
-        self.result.subscribed += sum(len(p) for p in profiles)
+        self.result.subscribed += len(changes)
         self.result.subscribe_jobs[list_id] += 1
 
     async def move(self, list_id: str, changes: list[Change]) -> None:
         """Add already-subscribed contacts to the shop's new list: find their profiles (100 per
         call), then add them (one call of up to 1,000). Consent is not touched."""
         account = self.plan.recart_account_id
-        self.ledger.intend(
-            account,
-            [
-                LedgerEntry(c.channel, c.contact, c.subscriber_id, "moved", list_id, c.decided_at)
-                for c in changes
-            ],
-            self.run_id,
-        )
-        found: dict[tuple[str, str], str] = {}
-        for channel, field_name in (("email", "email"), ("sms", "phone_number")):
-            contacts = sorted({c.contact for c in changes if c.channel == channel})
-            for start in range(0, len(contacts), MAX_UNSUBSCRIBE_PER_JOB):
-                chunk = contacts[start : start + MAX_UNSUBSCRIBE_PER_JOB]
-                async with self.slots:
-                    self.result.api_calls += 1
-                    async for profile in self.client.iter_profiles(filters.any_of(field_name, chunk)):
-                        found[(channel, getattr(profile, field_name))] = profile.id
+        self.ledger.intend(account, _ledger_entries(changes, "moved", list_id), self.run_id)
+        async with self.slots:
+            found, calls = await _profiles_by_contact(self.client, [(c.channel, c.contact) for c in changes])
+        self.result.api_calls += calls
         present = [c for c in changes if (c.channel, c.contact) in found]
         gone = [c for c in changes if (c.channel, c.contact) not in found]
         if present:
             async with self.slots:
                 self.result.api_calls += 1
                 await self.client.add_to_list(
-                    list_id, sorted({found[(c.channel, c.contact)] for c in present})
+                    list_id, sorted({found[(c.channel, c.contact)].id for c in present})
                 )
+        # A profile deleted in Klaviyo since the push has nothing to add (a new consent pushes it again).
+        reason = "no Klaviyo profile any more: not added to the new list"
         self.ledger.record(
             account,
-            [
-                *(
-                    LedgerEntry(c.channel, c.contact, c.subscriber_id, "subscribed", list_id, c.decided_at)
-                    for c in present
-                ),
-                # Deleted in Klaviyo since the push: nothing to add (a new consent pushes it again).
-                *(
-                    LedgerEntry(
-                        c.channel,
-                        c.contact,
-                        c.subscriber_id,
-                        "rejected",
-                        list_id,
-                        c.decided_at,
-                        "no Klaviyo profile any more: not added to the new list",
-                    )
-                    for c in gone
-                ),
-            ],
+            _ledger_entries(present, "subscribed", list_id)
+            + _ledger_entries(gone, "rejected", list_id, reason),
             self.run_id,
         )
         self.result.moved += len(present)
         self.result.rejections += [
-            Rejection(c.subscriber_id, c.channel, None, c.contact, "no Klaviyo profile any more", "klaviyo")
-            for c in gone
+            Rejection(c.subscriber_id, c.channel, None, c.contact, reason, "klaviyo") for c in gone
         ]
 
     async def unsubscribe(self, profiles: list[list[Change]]) -> None:
         """One unsubscribe job (no list: the channel's marketing consent is withdrawn)."""
+        changes = [c for profile in profiles for c in profile]
         self.ledger.intend(
-            self.plan.recart_account_id,
-            [
-                LedgerEntry(c.channel, c.contact, c.subscriber_id, "unsubscribed", None, c.decided_at)
-                for p in profiles
-                for c in p
-            ],
-            self.run_id,
+            self.plan.recart_account_id, _ledger_entries(changes, "unsubscribed", None), self.run_id
         )
         try:
             async with self.slots:
                 self.result.api_calls += 1
-                await self.client.unsubscribe_job(None, [(p[0].channel, p[0].contact) for p in profiles])
+                await self.client.unsubscribe_job(None, [(c.channel, c.contact) for c in changes])
         except InvalidRequestError as exc:
             self.result.refused_jobs += 1
             await self._isolate(exc, profiles, self.unsubscribe)
             return
         self.ledger.record(
-            self.plan.recart_account_id,
-            [
-                LedgerEntry(c.channel, c.contact, c.subscriber_id, "unsubscribed", None, c.decided_at)
-                for p in profiles
-                for c in p
-            ],
-            self.run_id,
+            self.plan.recart_account_id, _ledger_entries(changes, "unsubscribed", None), self.run_id
         )
-        self.result.unsubscribed += len(profiles)
+        self.result.unsubscribed += len(changes)
         self.result.unsubscribe_jobs += 1
 
     async def _isolate(self, exc: InvalidRequestError, profiles: list[list[Change]], resend: _Resend) -> None:
@@ -687,51 +661,35 @@ async def reconcile_interrupted(
       the rejections and is not retried until Recart's consent changes);
     - anything else (no profile, older consent): not applied; the plan sends it again.
     """
-    entries = [e for e in ledger.entries(recart_account_id).values() if e.pending_state == "subscribed"]
+    pending = {
+        e.key: e for e in ledger.entries(recart_account_id).values() if e.pending_state == "subscribed"
+    }
     outcome = Reconciled()
-    for channel, field_name in (("email", "email"), ("sms", "phone_number")):
-        pending = {e.contact: e for e in entries if e.channel == channel}
-        contacts = sorted(pending)
-        for start in range(0, len(contacts), MAX_UNSUBSCRIBE_PER_JOB):
-            chunk = contacts[start : start + MAX_UNSUBSCRIBE_PER_JOB]
-            outcome.api_calls += 1
-            profiles = [
-                p
-                async for p in client.iter_profiles(
-                    filters.any_of(field_name, chunk), with_subscriptions=True
-                )
-            ]
-            found = {getattr(p, field_name): p for p in profiles}
-            accepted, refused = [], []
-            for contact in chunk:
-                intent = pending[contact]
-                profile = found.get(contact)
-                consent, at = _channel_consent(profile, channel)
-                ours = intent.pending_decided_at
-                since = (intent.pending_since or datetime.now(UTC)) - _CLOCK_SLACK
-                entry = LedgerEntry(
-                    channel, contact, intent.subscriber_id, "subscribed", intent.pending_list_id, ours
-                )
-                if consent == "SUBSCRIBED" and at is not None and (at >= since or _near(at, ours)):
-                    accepted.append(entry)
-                elif consent == "UNSUBSCRIBED" and at is not None and at >= since:
-                    refused.append(
-                        LedgerEntry(
-                            channel,
-                            contact,
-                            intent.subscriber_id,
-                            "rejected",
-                            intent.pending_list_id,
-                            ours,
-                            f"unsubscribed in Klaviyo at {at.isoformat()}, after an interrupted push;"
-                            " not re-subscribed until Recart's consent changes",
-                        )
-                    )
-                else:
-                    outcome.not_applied += 1
-            ledger.record(recart_account_id, [*accepted, *refused], run_id)
-            outcome.accepted += len(accepted)
-            outcome.unsubscribed_since += len(refused)
+    if not pending:
+        return outcome
+    found, outcome.api_calls = await _profiles_by_contact(client, pending, with_subscriptions=True)
+    accepted, refused = [], []
+    for (channel, contact), intent in sorted(pending.items()):
+        consent, at = _channel_consent(found.get((channel, contact)), channel)
+        ours = intent.pending_decided_at
+        since = (intent.pending_since or datetime.now(UTC)) - _CLOCK_SLACK
+        if consent == "SUBSCRIBED" and at is not None and (at >= since or _near(at, ours)):
+            state, reason = "subscribed", None
+        elif consent == "UNSUBSCRIBED" and at is not None and at >= since:
+            state = "rejected"
+            reason = (
+                f"unsubscribed in Klaviyo at {at.isoformat()}, after an interrupted push;"
+                " not re-subscribed until Recart's consent changes"
+            )
+        else:
+            outcome.not_applied += 1
+            continue
+        settled = LedgerEntry(
+            channel, contact, intent.subscriber_id, state, intent.pending_list_id, ours, reason
+        )
+        (accepted if state == "subscribed" else refused).append(settled)
+    ledger.record(recart_account_id, [*accepted, *refused], run_id)
+    outcome.accepted, outcome.unsubscribed_since = len(accepted), len(refused)
     return outcome
 
 
