@@ -285,14 +285,6 @@ def make_plan(
         if list_id is None:
             plan.not_pushed[f"no {row.channel} list chosen"] += 1
             continue
-        problem = validation_problem(row, settings)
-        if problem is not None:
-            plan.rejections.append(
-                Rejection(
-                    row.subscriber_id, row.channel, row.contact_as_given, row.contact, problem, "validation"
-                )
-            )
-            continue
         assert row.decided_at is not None
         before = ledger.get((row.channel, row.contact))
         if before is not None and before.state == "none":
@@ -323,9 +315,10 @@ def make_plan(
             if before is not None and before.state == "unsubscribed" and row.decided_at <= before.decided_at:
                 plan.unchanged += 1  # an opt-out newer than this consent already went out
                 continue
-            subscribes[list_id].append(
-                Change(row.channel, row.contact, row.subscriber_id, row.decided_at, list_id)
-            )
+            if _passes_validation(plan, row, settings):
+                subscribes[list_id].append(
+                    Change(row.channel, row.contact, row.subscriber_id, row.decided_at, list_id)
+                )
         else:
             if before is not None and before.state == "unsubscribed" and before.decided_at == row.decided_at:
                 plan.unchanged += 1
@@ -337,10 +330,24 @@ def make_plan(
                 # newer consent given directly there, which this stale opt-out must not overrule.
                 plan.not_pushed["opt-out before the push was enabled, never pushed"] += 1
                 continue
-            plan.unsubscribes.append(change)
+            if _passes_validation(plan, row, settings):
+                plan.unsubscribes.append(change)
     plan.subscribes = dict(subscribes)
     plan.moves = dict(moves)
     return plan
+
+
+def _passes_validation(plan: PushPlan, row: DesiredContact, settings: PushSettings) -> bool:
+    """Validate a row that is about to be sent (only those: phonenumbers' checks are the slow part
+    of planning, and an unchanged row was valid when it was sent); a failure becomes a rejection."""
+    problem = validation_problem(row, settings)
+    if problem is not None:
+        plan.rejections.append(
+            Rejection(
+                row.subscriber_id, row.channel, row.contact_as_given, row.contact, problem, "validation"
+            )
+        )
+    return problem is None
 
 
 def _group_profiles(changes: Sequence[Change], same_list: bool) -> list[list[Change]]:
