@@ -100,6 +100,14 @@ class PushLedger:
         # FULL: a batch Klaviyo accepted stays recorded even if the machine loses power right after.
         self._db.execute("pragma synchronous = full")
         self._db.executescript(_SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """A ledger written by an older version gains the columns added since (nullable, additive)."""
+        have = {row[1] for row in self._db.execute("pragma table_info(push_ledger)")}
+        for name in ("pending_state", "pending_list_id", "pending_decided_at", "pending_since"):
+            if name not in have:
+                self._db.execute(f"alter table push_ledger add column {name} text")
 
     def close(self) -> None:
         """Close the file (idempotent)."""
