@@ -101,6 +101,7 @@ class DesiredContact:
     decided_at: datetime | None
     contact_as_given: str | None
     rejection_reason: str | None
+    list_id: str | None = None  # as the last push run mirrored the settings (the plan uses the settings)
 
 
 @dataclass(frozen=True)
@@ -213,7 +214,7 @@ def read_desired_state(warehouse_path: str | Path, recart_account_id: str) -> li
         try:
             rows = conn.execute(
                 "select channel, contact, subscriber_id, desired_state, decided_at, contact_as_given,"
-                f" rejection_reason from {DESIRED_STATE_RELATION} where account_id = ?"
+                f" rejection_reason, list_id from {DESIRED_STATE_RELATION} where account_id = ?"
                 " order by channel, contact, subscriber_id",
                 [recart_account_id],
             ).fetchall()
@@ -223,9 +224,37 @@ def read_desired_state(warehouse_path: str | Path, recart_account_id: str) -> li
                 "(materialize push/klaviyo_push_desired_state in Dagster, or make demo)"
             ) from exc
     return [
-        DesiredContact(channel, contact, subscriber, state, _aware(decided), as_given, reason)
-        for channel, contact, subscriber, state, decided, as_given, reason in rows
+        DesiredContact(channel, contact, subscriber, state, _aware(decided), as_given, reason, list_id)
+        for channel, contact, subscriber, state, decided, as_given, reason, list_id in rows
     ]
+
+
+ACCOUNT_LISTS_TABLE = "klaviyo_push.account_lists"
+
+
+def mirror_account_lists(warehouse_path: str | Path, settings: PushSettings) -> None:
+    """Write the account's chosen lists into ``klaviyo_push.account_lists`` (created by dbt with the
+    desired-state view), so the view states which list each row goes to."""
+    with write_connection(warehouse_path, timeout=WAREHOUSE_READ_TIMEOUT_SECONDS) as conn:
+        conn.execute("begin")
+        try:
+            conn.execute(
+                f"delete from {ACCOUNT_LISTS_TABLE} where account_id = ?", [settings.recart_account_id]
+            )
+            conn.execute(
+                f"insert into {ACCOUNT_LISTS_TABLE} values (?, ?, ?, now())",
+                [settings.recart_account_id, settings.email_list_id, settings.sms_list_id],
+            )
+            conn.execute("commit")
+        except duckdb.CatalogException as exc:
+            conn.execute("rollback")
+            raise RuntimeError(
+                f"{ACCOUNT_LISTS_TABLE} is missing from {warehouse_path}: build "
+                "push/klaviyo_push_desired_state with dbt first"
+            ) from exc
+        except BaseException:
+            conn.execute("rollback")
+            raise
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -788,6 +817,7 @@ async def push_account(
     """
     reconciled = None
     if not dry_run:
+        await asyncio.to_thread(mirror_account_lists, warehouse_path, settings)
         reconciled = await reconcile_interrupted(client, ledger, settings.recart_account_id, run_id)
     desired = await asyncio.to_thread(read_desired_state, warehouse_path, settings.recart_account_id)
     plan = make_plan(settings, desired, ledger.entries(settings.recart_account_id))

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from connectors.klaviyo.push_settings import PushSettingsError
-from orchestration.subscriber_push import PushAborted
+from orchestration.subscriber_push import PushAborted, read_desired_state
 
 CONSENT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -207,6 +207,9 @@ def test_separate_lists_get_their_own_channel(make_push_world):
     assert sms_job["profile_count"] == 1
     state = world.profile("+14155550001")
     assert texts in state["lists"] and state["sms_marketing"]["consent"] == "SUBSCRIBED"
+    # The desired-state view says which list each row goes to (the push mirrors the settings).
+    desired = read_desired_state(world.warehouse, world.recart_account_id)
+    assert {(d.channel, d.list_id) for d in desired} == {("email", emails), ("sms", texts)}
 
 
 def test_bad_rows_are_rejected_with_reasons_and_the_good_rows_still_go(make_push_world):

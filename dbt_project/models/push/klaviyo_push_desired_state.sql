@@ -13,11 +13,19 @@
                      historical import records), and no later opt-out;
       - unsubscribed is an opt-out at or after the last consent (a tie is an opt-out);
       - anything else (no consent, consent withdrawn without an opt-out time) is not pushed.
+    list_id is the list the row goes to under the account's push settings (as the last push run
+    mirrored them into klaviyo_push.account_lists; null when that channel is not pushed).
     One desired state per contact point: when two subscribers of a shop share an email or phone,
     the later consent event wins (an opt-out on a tie). Rows that cannot be pushed keep their
     reason in rejection_reason (the push writes them to klaviyo_push.rejections).
 #}
-{{ config(materialized='view', schema='push') }}
+{{
+  config(
+    materialized='view',
+    schema='push',
+    pre_hook=["create schema if not exists klaviyo_push", "{{ create_push_account_lists() }}"]
+  )
+}}
 
 with
 
@@ -91,9 +99,7 @@ decided as (
         case
             when contact is null and channel = 'email' then 'not an email address'
             when contact is null then 'not a phone number in E.164 or a national format'
-            when
-                has_consent and consent_at is null
-                and (opted_out_at is null)
+            when has_consent and consent_at is null and opted_out_at is null
                 then 'consent without a consent time (no evidence to push)'
         end as rejection_reason
 
@@ -102,32 +108,49 @@ decided as (
 
 ),
 
-one_per_contact as (
+latest_per_contact as (
 
     select *
     from decided
-    where contact is null or rejection_reason is not null
-    union all
-    (
-        select *
-        from decided
-        where contact is not null and rejection_reason is null
-        qualify row_number() over (
+    where contact is not null and rejection_reason is null
+    qualify row_number() over (
             partition by account_id, channel, contact
             order by decided_at desc, desired_state = 'unsubscribed' desc, subscriber_id
         ) = 1
-    )
+
+),
+
+one_per_contact as (
+
+    select * from decided
+    where contact is null or rejection_reason is not null
+    union all
+    select * from latest_per_contact
+
+),
+
+account_lists as (
+
+    -- Not a dbt source: the push asset writes it and reads this view, a cycle lineage cannot
+    -- show; the pre-hook creates it (macros/push.sql).
+    select * from klaviyo_push.account_lists
 
 )
 
 select
-    account_id,
-    channel,
-    contact,
-    subscriber_id,
-    desired_state,
-    decided_at,
-    contact_as_given,
-    rejection_reason
+    one_per_contact.account_id,
+    one_per_contact.channel,
+    one_per_contact.contact,
+    one_per_contact.subscriber_id,
+    one_per_contact.desired_state,
+    one_per_contact.decided_at,
+    case one_per_contact.channel
+        when 'email' then account_lists.email_list_id
+        when 'sms' then account_lists.sms_list_id
+    end as list_id,
+    one_per_contact.contact_as_given,
+    one_per_contact.rejection_reason
 
 from one_per_contact
+left join account_lists
+    on one_per_contact.account_id = account_lists.account_id
