@@ -3,7 +3,8 @@
 Plan, then push:
 
 1. **Desired state** — the dbt view ``push.klaviyo_push_desired_state``: per channel and contact
-   point, subscribed (with the Recart consent time) or unsubscribed (with the opt-out time).
+   point, subscribed (with the Recart consent time) or unsubscribed (with the opt-out time), and
+   the list it goes to.
 2. **Plan** — that desired state against the ledger (``warehouse.push_ledger``) of what Klaviyo
    accepted before: only the difference is sent, so an unchanged re-run makes no API call. A
    contact whose consent time has not changed since its last push is never subscribed again (bulk
@@ -13,9 +14,13 @@ Plan, then push:
    opt-in list gets ``historical_import`` with the Recart consent time, so nobody receives a
    confirmation email. Recart opt-outs go out as bulk unsubscribe jobs (100 per job, no list:
    Klaviyo then withdraws the channel's marketing consent, the consent the push once gave).
-4. **Ledger** — each batch's rows are written after Klaviyo's 202, one transaction per batch. A
-   400 naming one profile rejects that row (and only it, the rest is sent again); a 400 naming no
-   profile splits the batch in halves until the bad rows are isolated.
+   A shop that chose another list gets its already pushed contacts added to it as members
+   (consent untouched).
+4. **Ledger** — a batch's rows are recorded as an intent before it is sent and as accepted after
+   Klaviyo's 202, one transaction each (``warehouse.push_ledger``); a run that finds intents of a
+   crashed run settles them with Klaviyo first (``reconcile_interrupted``). A 400 naming one
+   profile rejects that row (and only it, the rest is sent again); a 400 naming no profile splits
+   the batch in halves until the bad rows are isolated.
 
 Rejections (unreadable contacts, consent without a time, phones that are not valid E.164 or in a
 country outside the account's SMS setup, rows Klaviyo refused) are written to the warehouse table
@@ -59,9 +64,11 @@ __all__ = [
     "Rejection",
     "execute_plan",
     "make_plan",
+    "mirror_account_lists",
     "push_account",
     "push_connected_account",
     "read_desired_state",
+    "reconcile_interrupted",
     "write_rejections",
 ]
 
