@@ -375,7 +375,9 @@ def test_bulk_subscribe_in_jobs_of_1000(sandbox: RunningSandbox, http: httpx2.Cl
         )
     )
     consented = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-    historical = [SubscribeProfile(email="old@test.example", email_consent=True, email_consented_at=consented)]
+    historical = [
+        SubscribeProfile(email="old@test.example", email_consent=True, email_consented_at=consented)
+    ]
 
     async def run() -> tuple[int, int]:
         async with client_for(sandbox, account["private_api_key"]) as client:

@@ -1,4 +1,4 @@
-"""Choosing where subscribers are pushed: the integration app's JSON API and ``recart-klaviyo push-settings``."""
+"""Choosing where subscribers are pushed: the integration app's JSON API and the CLI."""
 
 from __future__ import annotations
 
