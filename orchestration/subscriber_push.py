@@ -77,8 +77,6 @@ REJECTIONS_TABLE = "klaviyo_push.rejections"
 MAX_SUBSCRIBE_PER_JOB = 1000
 MAX_UNSUBSCRIBE_PER_JOB = 100
 CUSTOM_SOURCE = "Recart"
-# How long a push waits to read the warehouse while a dbt build holds it (builds take minutes).
-WAREHOUSE_READ_TIMEOUT_SECONDS = 30 * 60
 # More Klaviyo rejections than this in one run means a setup problem (SMS not configured, a list
 # that refuses everyone), not bad rows: stop and say so instead of isolating rows one by one.
 DEFAULT_MAX_KLAVIYO_REJECTIONS = 100
@@ -217,7 +215,7 @@ class PushPlan:
 
 def read_desired_state(warehouse_path: str | Path, recart_account_id: str) -> list[DesiredContact]:
     """The account's rows of ``push.klaviyo_push_desired_state`` (waits while a dbt build writes)."""
-    with read_connection(warehouse_path, timeout=WAREHOUSE_READ_TIMEOUT_SECONDS) as conn:
+    with read_connection(warehouse_path) as conn:
         try:
             rows = conn.execute(
                 "select channel, contact, subscriber_id, desired_state, decided_at, contact_as_given,"
@@ -242,7 +240,7 @@ ACCOUNT_LISTS_TABLE = "klaviyo_push.account_lists"
 def mirror_account_lists(warehouse_path: str | Path, settings: PushSettings) -> None:
     """Write the account's chosen lists into ``klaviyo_push.account_lists`` (created by dbt with the
     desired-state view), so the view states which list each row goes to."""
-    with write_connection(warehouse_path, timeout=WAREHOUSE_READ_TIMEOUT_SECONDS) as conn:
+    with write_connection(warehouse_path) as conn:
         conn.execute("begin")
         try:
             conn.execute(
@@ -784,7 +782,7 @@ def write_rejections(
         },
         dtype="object",
     )
-    with write_connection(warehouse_path, timeout=WAREHOUSE_READ_TIMEOUT_SECONDS) as conn:
+    with write_connection(warehouse_path) as conn:
         conn.execute(_REJECTIONS_DDL)
         conn.execute("begin")
         try:

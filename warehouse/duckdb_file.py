@@ -19,7 +19,9 @@ from pathlib import Path
 
 import duckdb
 
-LOCK_RETRY_SECONDS = 60.0
+# dbt keeps the file open for a whole build (profiles.yml keep_open), about a minute at 1M
+# subscribers: readers and writers wait a build out rather than fail.
+LOCK_RETRY_SECONDS = 30 * 60.0
 
 
 def default_path() -> Path:
