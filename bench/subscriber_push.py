@@ -42,11 +42,10 @@ from connectors.klaviyo.config import KlaviyoSettings  # noqa: E402
 from connectors.klaviyo.push_settings import PushSettings  # noqa: E402
 from connectors.klaviyo.ratelimit import TIERS, fixed_window_ceiling_seconds  # noqa: E402
 from connectors.recart.models import all_ddl  # noqa: E402
+from orchestration.dbt_manifest import run_dbt  # noqa: E402
 from orchestration.subscriber_push import push_account  # noqa: E402
 from warehouse.push_ledger import PushLedger  # noqa: E402
 
-DBT_PROJECT_DIR = ROOT / "dbt_project"
-DBT = str(Path(sys.executable).with_name("dbt"))
 SHOP = "bench-shop"
 
 
@@ -87,17 +86,7 @@ def build_warehouse(path: Path, work: Path, subscribers: int) -> None:
         {"shop": SHOP, "n": subscribers},
     )
     conn.close()
-    done = subprocess.run(
-        [
-            *(DBT, "run", "--select", "klaviyo_push_desired_state", "--project-dir", str(DBT_PROJECT_DIR)),
-            *("--profiles-dir", str(DBT_PROJECT_DIR), "--target-path", str(work / "target")),
-            *("--log-path", str(work / "logs")),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "WAREHOUSE_DUCKDB_PATH": str(path), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
-    )
+    done = run_dbt(["run", "--select", "klaviyo_push_desired_state"], path, work)
     if done.returncode != 0:
         raise SystemExit(f"dbt run failed:\n{done.stdout}\n{done.stderr}")
 

@@ -1,4 +1,5 @@
-"""The dbt manifest that ``@dbt_assets`` reads at import: is it stale, and parse it.
+"""The dbt manifest that ``@dbt_assets`` reads at import: is it stale, and parse it; and dbt as a
+subprocess against a database of the caller's choice (tests, benchmarks).
 
 Kept apart from ``orchestration.assets.dbt`` because that module cannot even be imported without
 the manifest. ``python -m orchestration.dbt_manifest`` (``make dbt-parse``) parses when stale.
@@ -50,6 +51,34 @@ def parse_if_stale() -> bool:
         env={**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
     )
     return True
+
+
+def run_dbt(
+    args: list[str], database: Path, work: Path, project_dir: Path = DBT_PROJECT_DIR, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``dbt <args>`` in a subprocess with the project's own profile, against the DuckDB ``database``.
+
+    Artifacts and logs go to ``work``, so the repository's manifest is left alone.
+    """
+    return subprocess.run(
+        [
+            DBT_EXECUTABLE,
+            *args,
+            "--project-dir",
+            str(project_dir),
+            "--profiles-dir",
+            str(project_dir),
+            "--target-path",
+            str(work / "target"),
+            "--log-path",
+            str(work / "logs"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=DBT_PROJECT_DIR.parent,
+        timeout=timeout,
+        env={**os.environ, "WAREHOUSE_DUCKDB_PATH": str(database), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
+    )
 
 
 if __name__ == "__main__":

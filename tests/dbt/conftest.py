@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,41 +18,12 @@ import duckdb
 import pytest
 from warehouse_scenario import AS_OF, build_warehouse
 
-ROOT = Path(__file__).resolve().parents[2]
-DBT_PROJECT_DIR = ROOT / "dbt_project"
-DBT = str(Path(sys.executable).with_name("dbt"))
+from orchestration.dbt_manifest import DBT_PROJECT_DIR, run_dbt
+
 # The scenario's second account reads national phone numbers as British.
 SCENARIO_VARS = json.dumps({"as_of": AS_OF.isoformat(), "phone_default_countries": {"brit": "GB"}})
 
 os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
-
-
-def run_dbt(
-    args: list[str], database: Path, work: Path, project_dir: Path = DBT_PROJECT_DIR
-) -> subprocess.CompletedProcess[str]:
-    """``dbt <args>`` in a subprocess with the project's own profile, against ``database``.
-
-    Artifacts and logs go to ``work``, so the repository's manifest is left alone.
-    """
-    return subprocess.run(
-        [
-            DBT,
-            *args,
-            "--project-dir",
-            str(project_dir),
-            "--profiles-dir",
-            str(project_dir),
-            "--target-path",
-            str(work / "target"),
-            "--log-path",
-            str(work / "logs"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-        env={**os.environ, "WAREHOUSE_DUCKDB_PATH": str(database), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
-    )
 
 
 @dataclass

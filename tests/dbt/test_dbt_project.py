@@ -12,15 +12,19 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import duckdb
-from conftest import DBT_PROJECT_DIR, BuiltWarehouse
 from warehouse_scenario import AS_OF, CAMPAIGNS, FLOWS, SEGMENT_USAGES, build_warehouse, day
 
 from orchestration.assets.dbt import DbtBuildConfig, dbt_resource, warehouse_dbt_assets
+from orchestration.dbt_manifest import DBT_PROJECT_DIR
 from orchestration.resources import WarehouseResource
 from warehouse.duckdb_file import write_lock
+
+if TYPE_CHECKING:  # the fixture's class; a runtime `from conftest import` is ambiguous
+    from tests.dbt.conftest import BuiltWarehouse
 
 
 def test_dbt_build_runs_models_data_tests_and_unit_tests(built_warehouse: BuiltWarehouse):

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
-from conftest import BuiltWarehouse
 from warehouse_scenario import day
+
+if TYPE_CHECKING:  # the fixture's class; a runtime `from conftest import` is ambiguous
+    from tests.dbt.conftest import BuiltWarehouse
 
 DAY16 = day(16.5)
 LOADED = day(16)

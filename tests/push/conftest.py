@@ -7,10 +7,7 @@ on an empty warehouse; each test copies that file and lands its own Recart subsc
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,13 +26,11 @@ from connectors.klaviyo.push_settings import PushSettings, validate_push_setting
 from connectors.recart.models import all_ddl
 from klaviyo_sandbox.server import RunningSandbox
 from klaviyo_sandbox.testing import approve_consent
+from orchestration.dbt_manifest import run_dbt
 from orchestration.resources import KlaviyoResource
 from orchestration.subscriber_push import PushPlan, PushResult, push_account
 from warehouse.push_ledger import PushLedger
 
-ROOT = Path(__file__).resolve().parents[2]
-DBT_PROJECT_DIR = ROOT / "dbt_project"
-DBT = str(Path(sys.executable).with_name("dbt"))
 REDIRECT_URI = "http://127.0.0.1:9/oauth/klaviyo/callback"
 RECART_ACCOUNT = "shop-push"
 RAW_SUBSCRIBER_TYPES = {
@@ -66,27 +61,7 @@ def build_push_view(database: Path, work: Path) -> None:
     for statement in all_ddl():
         conn.execute(statement)
     conn.close()
-    done = subprocess.run(
-        [
-            DBT,
-            "run",
-            "--select",
-            "klaviyo_push_desired_state",
-            "--project-dir",
-            str(DBT_PROJECT_DIR),
-            "--profiles-dir",
-            str(DBT_PROJECT_DIR),
-            "--target-path",
-            str(work / "target"),
-            "--log-path",
-            str(work / "logs"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-        env={**os.environ, "WAREHOUSE_DUCKDB_PATH": str(database), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
-    )
+    done = run_dbt(["run", "--select", "klaviyo_push_desired_state"], database, work)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -129,7 +104,9 @@ class PushWorld:
 
     def members(self, list_id: str) -> set[str]:
         """Emails and phone numbers of a list's members."""
-        rows = self.control.get(f"/_sandbox/accounts/{self.account_id}/lists/{list_id}/members").json()["data"]
+        rows = self.control.get(f"/_sandbox/accounts/{self.account_id}/lists/{list_id}/members").json()[
+            "data"
+        ]
         return {v for member in rows["members"] for v in (member["email"], member["phone_number"]) if v}
 
     def confirmation_emails(self) -> list[dict]:
