@@ -32,8 +32,6 @@ import argparse
 import asyncio
 import json
 import math
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -44,35 +42,12 @@ import httpx2
 from connectors.klaviyo.client import KlaviyoClient, PrivateKeyCredentials
 from connectors.klaviyo.config import REVISION
 from connectors.klaviyo.ratelimit import TIERS, LimiterRegistry, fixed_window_ceiling_seconds
+from klaviyo_sandbox.server import start_sandbox_process
 
 PAGE_SIZE = 100
 
 
 # ---------------------------------------------------------------------------- the ceiling
-
-
-def start_sandbox(scale: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    """Start the sandbox subprocess; its first stdout line is JSON with base_url and accounts."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "klaviyo_sandbox.cli",
-            "serve",
-            "--port",
-            "0",
-            "--json",
-            "--seed",
-            "empty",
-            "--rate-limits",
-            scale,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stdout is not None
-    return process, json.loads(process.stdout.readline())
 
 
 def build_accounts(
@@ -222,7 +197,7 @@ def figures(
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     """Set up the sandbox, run the three extractions, return all figures."""
-    process, info = start_sandbox(args.rate_limits)
+    process, info = start_sandbox_process("empty", args.rate_limits)
     base_url = info["base_url"]
     try:
         with httpx2.Client(base_url=base_url, timeout=300) as control:

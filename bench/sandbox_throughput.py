@@ -25,6 +25,8 @@ from pathlib import Path
 
 import httpx2
 
+from klaviyo_sandbox.server import start_sandbox_process
+
 REVISION = "2026-07-15"
 KLAVIYO_STEADY_PER_SECOND = 750 / 60
 
@@ -85,27 +87,9 @@ async def _drive(make_request, seconds: float, concurrency: int) -> tuple[int, i
 async def measure(seconds: float, concurrency: int) -> dict:
     """Start both servers, drive each, and return the figures."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    sandbox = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "klaviyo_sandbox.cli",
-            "serve",
-            "--port",
-            "0",
-            "--json",
-            "--rate-limits",
-            "off",
-            "--seed",
-            "demo",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    sandbox, info = start_sandbox_process("demo", "off")
     bare = None
     try:
-        info = json.loads(sandbox.stdout.readline())
         base = info["base_url"]
         key = info["accounts"][0]["private_api_key"]
         headers = {"Authorization": f"Klaviyo-API-Key {key}", "revision": REVISION}

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import os
 import random
 import signal
 import subprocess
@@ -35,34 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from connectors.klaviyo.client import KlaviyoClient, PrivateKeyCredentials
 from connectors.klaviyo.ratelimit import fixed_window_ceiling_seconds
+from klaviyo_sandbox.server import start_sandbox_process
 from orchestration.segment_sync import sync_account
 from warehouse.duckdb_file import read_connection, write_connection
 
 L_TIER = (75, 750)  # segments, lists and members: burst per second, steady per minute
 PROFILE_COUNT = (1, 15)  # the additional-fields[segment]=profile_count limit
-
-
-def start_sandbox(scale: int) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    """The sandbox in its own process, empty seed, Klaviyo's limits × ``scale``."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "klaviyo_sandbox.cli",
-            "serve",
-            "--port",
-            "0",
-            "--json",
-            "--seed",
-            "empty",
-            "--rate-limits",
-            f"x{scale}",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    return process, json.loads(process.stdout.readline())
 
 
 def build_world(control: httpx2.Client, accounts: int, segments: int, members: int) -> list[dict[str, Any]]:
@@ -224,7 +201,7 @@ def main() -> None:
     parser.add_argument("--churn", type=int, default=50)
     args = parser.parse_args()
 
-    process, info = start_sandbox(args.scale)
+    process, info = start_sandbox_process("empty", f"x{args.scale}")
     base = info["base_url"]
     try:
         with httpx2.Client(base_url=base, timeout=120) as control, tempfile.TemporaryDirectory() as tmp:

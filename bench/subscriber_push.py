@@ -23,8 +23,6 @@ import argparse
 import asyncio
 import json
 import math
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,26 +40,12 @@ from connectors.klaviyo.config import KlaviyoSettings  # noqa: E402
 from connectors.klaviyo.push_settings import PushSettings  # noqa: E402
 from connectors.klaviyo.ratelimit import TIERS, fixed_window_ceiling_seconds  # noqa: E402
 from connectors.recart.models import all_ddl  # noqa: E402
+from klaviyo_sandbox.server import start_sandbox_process  # noqa: E402
 from orchestration.dbt_manifest import run_dbt  # noqa: E402
 from orchestration.subscriber_push import push_account  # noqa: E402
 from warehouse.push_ledger import PushLedger  # noqa: E402
 
 SHOP = "bench-shop"
-
-
-def start_sandbox(scale: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    """The sandbox subprocess (empty seed); its first stdout line is JSON with base_url and accounts."""
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "klaviyo_sandbox.cli", "serve", "--port", "0", "--json"),
-            *("--seed", "empty", "--rate-limits", scale),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stdout is not None
-    return process, json.loads(process.stdout.readline())
 
 
 def build_warehouse(path: Path, work: Path, subscribers: int) -> None:
@@ -104,7 +88,7 @@ def server_counts(control: httpx2.Client, account_id: str, since: int) -> dict[s
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Set up, push twice, check, and return the figures."""
-    process, info = start_sandbox(args.rate_limits)
+    process, info = start_sandbox_process("empty", args.rate_limits)
     base_url = info["base_url"]
     account = info["accounts"][0]
     try:

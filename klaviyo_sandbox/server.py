@@ -1,4 +1,4 @@
-"""Start a sandbox in-process: used by the CLI, the tests, the benchmarks and the demo.
+"""Start a sandbox in-process (the CLI, the tests, the demo) or in its own process (the benchmarks).
 
 ``running_sandbox()`` serves on a real loopback socket (port 0 picks a free port) with uvicorn in
 a background thread, so callers talk HTTP to it exactly as they would to Klaviyo.
@@ -6,13 +6,18 @@ a background thread, so callers talk HTTP to it exactly as they would to Klaviyo
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -80,3 +85,24 @@ def running_sandbox(
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+def start_sandbox_process(
+    seed: str = "empty", rate_limits: str = "klaviyo"
+) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """Serve a sandbox in a subprocess on a free loopback port (its own CPU, as Klaviyo would be).
+
+    Returns the process (terminate it when done) and its start-up summary: ``base_url`` and the
+    ``accounts`` with their private keys. ``rate_limits`` as for ``--rate-limits``.
+    """
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "klaviyo_sandbox.cli", "serve", "--port", "0", "--json"),
+            *("--seed", seed, "--rate-limits", rate_limits),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    return process, json.loads(process.stdout.readline())
