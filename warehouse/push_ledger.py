@@ -153,10 +153,43 @@ class PushLedger:
             for row in rows
         }
 
+    # Both writes bind the same ten values (numbered): ?1 account, ?2 channel, ?3 contact,
+    # ?4 subscriber, ?5 state, ?6 list id, ?7 decided at, ?8 reason, ?9 now, ?10 run id.
+    _INTEND_SQL = (
+        "insert into push_ledger (recart_account_id, channel, contact, subscriber_id, state,"
+        " pending_state, pending_list_id, pending_decided_at, pending_since, run_id)"
+        " values (?1, ?2, ?3, ?4, 'none', ?5, ?6, ?7, ?9, ?10)"
+        " on conflict (recart_account_id, channel, contact) do update set"
+        " pending_state = excluded.pending_state, pending_list_id = excluded.pending_list_id,"
+        " pending_decided_at = excluded.pending_decided_at,"
+        " pending_since = excluded.pending_since, run_id = excluded.run_id"
+    )
+    _RECORD_SQL = (
+        "insert into push_ledger (recart_account_id, channel, contact, subscriber_id, state, list_id,"
+        " decided_at, reason, pushed_at, run_id) values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+        " on conflict (recart_account_id, channel, contact) do update set"
+        " subscriber_id = excluded.subscriber_id, state = excluded.state, list_id = excluded.list_id,"
+        " decided_at = excluded.decided_at, reason = excluded.reason, pushed_at = excluded.pushed_at,"
+        " run_id = excluded.run_id,"
+        " pending_state = null, pending_list_id = null, pending_decided_at = null, pending_since = null"
+    )
+
     def intend(
         self, recart_account_id: str, entries: Iterable[LedgerEntry], run_id: str | None = None
     ) -> int:
         """Step 1: record what is about to be asked of Klaviyo (``entries``' state), before sending."""
+        return self._write_entries(self._INTEND_SQL, recart_account_id, entries, run_id)
+
+    def record(
+        self, recart_account_id: str, entries: Iterable[LedgerEntry], run_id: str | None = None
+    ) -> int:
+        """Step 2: record what Klaviyo just accepted (or refused) for one batch, in one transaction,
+        clearing the batch's intent."""
+        return self._write_entries(self._RECORD_SQL, recart_account_id, entries, run_id)
+
+    def _write_entries(
+        self, sql: str, recart_account_id: str, entries: Iterable[LedgerEntry], run_id: str | None
+    ) -> int:
         now = _iso(datetime.now(UTC))
         rows = [
             (
@@ -167,60 +200,15 @@ class PushLedger:
                 e.state,
                 e.list_id,
                 _iso(e.decided_at) if e.decided_at else None,
-                now,
-                run_id,
-            )
-            for e in entries
-        ]
-        if not rows:
-            return 0
-        with self._write() as db:
-            db.executemany(
-                "insert into push_ledger (recart_account_id, channel, contact, subscriber_id, state,"
-                " pending_state, pending_list_id, pending_decided_at, pending_since, run_id)"
-                " values (?1, ?2, ?3, ?4, 'none', ?5, ?6, ?7, ?8, ?9)"
-                " on conflict (recart_account_id, channel, contact) do update set"
-                " pending_state = excluded.pending_state, pending_list_id = excluded.pending_list_id,"
-                " pending_decided_at = excluded.pending_decided_at,"
-                " pending_since = excluded.pending_since, run_id = excluded.run_id",
-                rows,
-            )
-        return len(rows)
-
-    def record(
-        self, recart_account_id: str, entries: Iterable[LedgerEntry], run_id: str | None = None
-    ) -> int:
-        """Record what Klaviyo just accepted (or refused) for one batch, in one transaction."""
-        now = _iso(datetime.now(UTC))
-        rows = [
-            (
-                recart_account_id,
-                e.channel,
-                e.contact,
-                e.subscriber_id,
-                e.state,
-                e.list_id,
-                _iso(e.decided_at),
                 e.reason,
                 now,
                 run_id,
             )
             for e in entries
         ]
-        if not rows:
-            return 0
-        with self._write() as db:
-            db.executemany(
-                "insert into push_ledger (recart_account_id, channel, contact, subscriber_id, state, list_id,"
-                " decided_at, reason, pushed_at, run_id) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " on conflict (recart_account_id, channel, contact) do update set"
-                " subscriber_id = excluded.subscriber_id, state = excluded.state, list_id = excluded.list_id,"
-                " decided_at = excluded.decided_at, reason = excluded.reason, pushed_at = excluded.pushed_at,"
-                " run_id = excluded.run_id,"
-                " pending_state = null, pending_list_id = null, pending_decided_at = null,"
-                " pending_since = null",
-                rows,
-            )
+        if rows:
+            with self._write() as db:
+                db.executemany(sql, rows)
         return len(rows)
 
     def counts(self, recart_account_id: str) -> dict[str, int]:
