@@ -508,30 +508,50 @@ class _Pusher:
                 f"in one run (last: {reason}); check the account's lists and SMS setup"
             )
 
-    async def subscribe(self, list_id: str, profiles: list[list[Change]], historical_import: bool) -> None:
-        """One job; on a 400, isolate the bad profile (or halve the batch) and send the rest again."""
+    async def _job(
+        self,
+        state: str,
+        list_id: str | None,
+        profiles: list[list[Change]],
+        send: Callable[[], Awaitable[None]],
+        resend: _Resend,
+    ) -> bool:
+        """One bulk job: its intent in the ledger, the call, then Klaviyo's answer in the ledger.
+
+        On a 400 the bad profile is isolated (or the batch halved) and the rest goes through
+        ``resend``; returns True when this very batch was accepted.
+        """
         changes = [c for profile in profiles for c in profile]
-        self.ledger.intend(
-            self.plan.recart_account_id, _ledger_entries(changes, "subscribed", list_id), self.run_id
-        )
+        account = self.plan.recart_account_id
+        self.ledger.intend(account, _ledger_entries(changes, state, list_id), self.run_id)
         try:
             async with self.slots:
                 self.result.api_calls += 1
-                await self.client.subscribe_job(
-                    list_id,
-                    [self._profile(p, historical_import) for p in profiles],
-                    historical_import=historical_import,
-                    custom_source=CUSTOM_SOURCE,
-                )
+                await send()
         except InvalidRequestError as exc:
             self.result.refused_jobs += 1
-            await self._isolate(exc, profiles, lambda rest: self.subscribe(list_id, rest, historical_import))
-            return
-        self.ledger.record(
-            self.plan.recart_account_id, _ledger_entries(changes, "subscribed", list_id), self.run_id
+            await self._isolate(exc, profiles, resend)
+            return False
+        self.ledger.record(account, _ledger_entries(changes, state, list_id), self.run_id)
+        return True
+
+    async def subscribe(self, list_id: str, profiles: list[list[Change]], historical_import: bool) -> None:
+        """One subscribe job into ``list_id``."""
+        accepted = await self._job(
+            "subscribed",
+            list_id,
+            profiles,
+            lambda: self.client.subscribe_job(
+                list_id,
+                [self._profile(p, historical_import) for p in profiles],
+                historical_import=historical_import,
+                custom_source=CUSTOM_SOURCE,
+            ),
+            lambda rest: self.subscribe(list_id, rest, historical_import),
         )
-        self.result.subscribed += len(changes)
-        self.result.subscribe_jobs[list_id] += 1
+        if accepted:
+            self.result.subscribed += sum(len(p) for p in profiles)
+            self.result.subscribe_jobs[list_id] += 1
 
     async def move(self, list_id: str, changes: list[Change]) -> None:
         """Add already-subscribed contacts to the shop's new list: find their profiles (100 per
@@ -564,23 +584,16 @@ class _Pusher:
 
     async def unsubscribe(self, profiles: list[list[Change]]) -> None:
         """One unsubscribe job (no list: the channel's marketing consent is withdrawn)."""
-        changes = [c for profile in profiles for c in profile]
-        self.ledger.intend(
-            self.plan.recart_account_id, _ledger_entries(changes, "unsubscribed", None), self.run_id
+        accepted = await self._job(
+            "unsubscribed",
+            None,
+            profiles,
+            lambda: self.client.unsubscribe_job(None, [(c.channel, c.contact) for p in profiles for c in p]),
+            self.unsubscribe,
         )
-        try:
-            async with self.slots:
-                self.result.api_calls += 1
-                await self.client.unsubscribe_job(None, [(c.channel, c.contact) for c in changes])
-        except InvalidRequestError as exc:
-            self.result.refused_jobs += 1
-            await self._isolate(exc, profiles, self.unsubscribe)
-            return
-        self.ledger.record(
-            self.plan.recart_account_id, _ledger_entries(changes, "unsubscribed", None), self.run_id
-        )
-        self.result.unsubscribed += len(changes)
-        self.result.unsubscribe_jobs += 1
+        if accepted:
+            self.result.unsubscribed += sum(len(p) for p in profiles)
+            self.result.unsubscribe_jobs += 1
 
     async def _isolate(self, exc: InvalidRequestError, profiles: list[list[Change]], resend: _Resend) -> None:
         """Klaviyo refused a batch: drop the profile its error points at, or split the batch."""
