@@ -25,7 +25,8 @@ import queue
 import sys
 import time
 import webbrowser
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
@@ -388,21 +389,28 @@ def cmd_push_settings(args: argparse.Namespace) -> int:
         enabled = args.enabled if args.enabled is not None else (current.enabled if current else True)
         try:
             choice = PushSettings(account, email_list, sms_list, countries, enabled)
-            saved = asyncio.run(save_push_settings(_settings(need_app=True), store, choice))
+            with _klaviyo_errors(account, "could not check the lists at Klaviyo; nothing saved"):
+                saved = asyncio.run(save_push_settings(_settings(need_app=True), store, choice))
         except PushSettingsError as error:
             raise CliError(str(error), EXIT_USAGE) from None
-        except ConnectionNotFound:
-            raise CliError(f"Recart account {account!r} has no Klaviyo connection", EXIT_NOT_FOUND) from None
-        except ConnectionError_ as error:
-            raise CliError(str(error), EXIT_NEEDS_ATTENTION) from None
-        except KlaviyoError as error:
-            raise CliError(
-                f"could not check the lists at Klaviyo; nothing saved: {error}", EXIT_FAILED
-            ) from None
         _print_settings(saved, args.json)
         return EXIT_OK
     finally:
         store.close()
+
+
+@contextmanager
+def _klaviyo_errors(account: str, failed: str) -> Iterator[None]:
+    """The connector's errors as ``CliError``: no connection (3), a connection that needs attention
+    (4), or Klaviyo refused or was unreachable (1, after ``failed``)."""
+    try:
+        yield
+    except ConnectionNotFound:
+        raise CliError(f"Recart account {account!r} has no Klaviyo connection", EXIT_NOT_FOUND) from None
+    except ConnectionError_ as error:
+        raise CliError(str(error), EXIT_NEEDS_ATTENTION) from None
+    except KlaviyoError as error:
+        raise CliError(f"{failed}: {error}", EXIT_FAILED) from None
 
 
 def _chosen_list(given: str | None, current: str | None) -> str | None:
@@ -431,28 +439,21 @@ def _print_settings(settings: PushSettings, as_json: bool) -> None:
 
 def cmd_push(args: argparse.Namespace) -> int:
     """Push one account's subscribers now (or print the plan with --dry-run)."""
-    from orchestration.subscriber_push import PushAborted, PushNotConfigured, push_connected_account
+    from orchestration.subscriber_push import PushNotConfigured, push_connected_account
     from warehouse.duckdb_file import default_path
 
     account = _account(args.account)
     store = _store()
     try:
-        try:
-            plan, result = asyncio.run(
-                push_connected_account(
-                    _settings(need_app=True), store, account, default_path(), dry_run=args.dry_run
+        with _klaviyo_errors(account, "push failed (what Klaviyo accepted is in the ledger)"):
+            try:
+                plan, result = asyncio.run(
+                    push_connected_account(
+                        _settings(need_app=True), store, account, default_path(), dry_run=args.dry_run
+                    )
                 )
-            )
-        except PushNotConfigured as error:
-            raise CliError(str(error), EXIT_NEEDS_ATTENTION) from None
-        except ConnectionNotFound:
-            raise CliError(f"Recart account {account!r} has no Klaviyo connection", EXIT_NOT_FOUND) from None
-        except ConnectionError_ as error:
-            raise CliError(str(error), EXIT_NEEDS_ATTENTION) from None
-        except (PushAborted, KlaviyoError) as error:
-            raise CliError(
-                f"push failed (what Klaviyo accepted is in the ledger): {error}", EXIT_FAILED
-            ) from None
+            except PushNotConfigured as error:
+                raise CliError(str(error), EXIT_NEEDS_ATTENTION) from None
         if args.json:
             _print_json({"plan": plan.summary(), "result": result.as_metadata() if result else None})
         elif result is None:
