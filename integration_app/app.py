@@ -275,6 +275,17 @@ def _json_problem(status: int, reason: str, detail: str) -> JSONResponse:
     )
 
 
+def _connector_problem(error: Exception, log_as: str, consequence: str) -> JSONResponse:
+    """A JSON API answer for the connector's errors: not connected 404, a connection in the wrong
+    state 409, Klaviyo refused or unreachable 502 (logged as ``log_as``)."""
+    if isinstance(error, ConnectionNotFound):
+        return _json_problem(404, "not_connected", "This Recart account has no Klaviyo connection.")
+    if isinstance(error, ConnectionError_):
+        return _json_problem(409, "wrong_state", f"The Klaviyo connection cannot be used: {error}")
+    log.warning("%s: %s", log_as, error)
+    return _json_problem(502, "klaviyo_unavailable", f"Klaviyo could not be reached; {consequence}.")
+
+
 def _wants_json(request: Request) -> bool:
     return "application/json" in request.headers.get("accept", "")
 
@@ -527,15 +538,8 @@ class _Endpoints:
             return _json_problem(422, "unknown_list", str(error))
         except PushSettingsError as error:
             return _json_problem(400, "invalid_settings", str(error))
-        except ConnectionNotFound:
-            return _json_problem(404, "not_connected", "This Recart account has no Klaviyo connection.")
-        except ConnectionError_ as error:
-            return _json_problem(409, "wrong_state", f"The Klaviyo connection cannot be used: {error}")
-        except KlaviyoApiError as error:
-            log.warning("Push settings of %s not saved: %s", account, error)
-            return _json_problem(
-                502, "klaviyo_unavailable", "Klaviyo could not be reached; nothing was saved."
-            )
+        except (ConnectionError_, KlaviyoApiError) as error:
+            return _connector_problem(error, f"Push settings of {account} not saved", "nothing was saved")
         return JSONResponse(saved.as_dict(), headers={"Cache-Control": "no-store"})
 
     async def lists(self, request: Request) -> Response:
@@ -550,13 +554,8 @@ class _Endpoints:
                     {"id": k.id, "name": k.name, "opt_in_process": k.opt_in_process}
                     async for k in client.iter_lists()
                 ]
-        except ConnectionNotFound:
-            return _json_problem(404, "not_connected", "This Recart account has no Klaviyo connection.")
-        except ConnectionError_ as error:
-            return _json_problem(409, "wrong_state", f"The Klaviyo connection cannot be used: {error}")
-        except KlaviyoApiError as error:
-            log.warning("Lists of %s not read: %s", account, error)
-            return _json_problem(502, "klaviyo_unavailable", "Klaviyo could not be reached.")
+        except (ConnectionError_, KlaviyoApiError) as error:
+            return _connector_problem(error, f"Lists of {account} not read", "nothing was read")
         return JSONResponse({"data": found}, headers={"Cache-Control": "no-store"})
 
     async def healthz(self, request: Request) -> Response:
