@@ -17,7 +17,8 @@ segment_sync_job = dg.define_asset_job(
 )
 
 
-def _skip_reason(connection: Connection) -> str:
+def skip_reason(connection: Connection) -> str:
+    """Why an inactive or needs-reauth account gets no runs: ``account: state (reason)``."""
     return f"{connection.recart_account_id}: {connection.state.value}" + (
         f" ({connection.state_reason})" if connection.state_reason else ""
     )
@@ -39,7 +40,7 @@ def klaviyo_accounts_sensor(
     added = sorted(live - existing)
     removed = sorted(existing - live)
     skipped = sorted(
-        _skip_reason(c)
+        skip_reason(c)
         for c in connections.values()
         if c.state in (ConnectionState.INACTIVE, ConnectionState.NEEDS_REAUTH)
     )
@@ -84,7 +85,7 @@ def klaviyo_daily_segment_sync_schedule(
         if c.state == ConnectionState.ACTIVE and c.recart_account_id in partitions
     ]
     skipped = [
-        _skip_reason(c)
+        skip_reason(c)
         for c in connections
         if c.state in (ConnectionState.INACTIVE, ConnectionState.NEEDS_REAUTH)
     ]

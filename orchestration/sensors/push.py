@@ -8,6 +8,7 @@ from connectors.klaviyo.connections import ConnectionState
 from orchestration.assets.push import SUBSCRIBER_PUSH
 from orchestration.partitions import klaviyo_accounts
 from orchestration.resources import KlaviyoResource
+from orchestration.sensors.accounts import skip_reason
 
 RAW_SUBSCRIBERS = dg.AssetKey(["recart", "raw_subscribers"])
 
@@ -28,8 +29,7 @@ def pushable_accounts(klaviyo: KlaviyoResource, partitions: set[str]) -> tuple[l
                 continue
             settings = store.push_settings(account)
             if connection.state != ConnectionState.ACTIVE:
-                reason = f" ({connection.state_reason})" if connection.state_reason else ""
-                skipped.append(f"{account}: connection {connection.state.value}{reason}")
+                skipped.append(skip_reason(connection))
             elif settings is None:
                 skipped.append(f"{account}: no lists chosen")
             elif not settings.enabled:
