@@ -724,7 +724,8 @@ async def reconcile_interrupted(
     found, outcome.api_calls = await _profiles_by_contact(client, pending, with_subscriptions=True)
     accepted, refused = [], []
     for (channel, contact), intent in sorted(pending.items()):
-        consent, at = _channel_consent(found.get((channel, contact)), channel)
+        profile = found.get((channel, contact))
+        consent, at = profile.marketing_consent(channel) if profile is not None else (None, None)
         ours = intent.pending_decided_at
         since = (intent.pending_since or datetime.now(UTC)) - _CLOCK_SLACK
         if consent == "SUBSCRIBED" and at is not None and (at >= since or _near(at, ours)):
@@ -745,15 +746,6 @@ async def reconcile_interrupted(
     ledger.record(recart_account_id, [*accepted, *refused], run_id)
     outcome.accepted, outcome.unsubscribed_since = len(accepted), len(refused)
     return outcome
-
-
-def _channel_consent(profile: Any, channel: str) -> tuple[str | None, datetime | None]:
-    if profile is None or not profile.subscriptions:
-        return None, None
-    block = (profile.subscriptions.get(channel) or {}).get("marketing") or {}
-    raw = block.get("consent_timestamp")
-    at = datetime.fromisoformat(raw.replace("Z", "+00:00")) if isinstance(raw, str) else None
-    return block.get("consent"), _aware(at)
 
 
 def _near(at: datetime, ours: datetime | None) -> bool:

@@ -312,6 +312,21 @@ class Profile:
         """SMS marketing consent (needs ``subscriptions``)."""
         return _dig(self.subscriptions, "sms", "marketing", "consent")
 
+    def marketing_consent(self, channel: str) -> tuple[str | None, datetime | None]:
+        """A channel's (``email`` / ``sms``) marketing consent and its ``consent_timestamp``, aware
+        (needs ``subscriptions``); ``(None, None)`` when Klaviyo said nothing."""
+        marketing = _dig(self.subscriptions, channel, "marketing")
+        if not isinstance(marketing, Mapping):
+            return None, None
+        raw = marketing.get("consent_timestamp")
+        try:
+            at = datetime.fromisoformat(raw) if isinstance(raw, str) else None
+        except ValueError:
+            at = None  # an unreadable timestamp proves nothing
+        if at is not None and at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
+        return marketing.get("consent"), at
+
     @classmethod
     def from_resource(cls, resource: Mapping[str, Any], endpoint: str = "GET /api/profiles") -> Self:
         """Parse a ``profile`` resource."""

@@ -232,3 +232,26 @@ def test_stats_and_policy() -> None:
     assert all(isinstance(v, int | float) for v in stats.as_metadata().values())
     with pytest.raises(ValueError):
         RetryPolicy(max_attempts=0)
+
+
+def test_profile_marketing_consent_reads_each_channels_consent_and_time():
+    profile = Profile.from_resource(
+        {
+            "type": "profile",
+            "id": "01ABC",
+            "attributes": {
+                "email": "a@b.c",
+                "subscriptions": {
+                    "email": {
+                        "marketing": {"consent": "SUBSCRIBED", "consent_timestamp": "2026-03-01T12:00:00Z"}
+                    },
+                    "sms": {
+                        "marketing": {"consent": "UNSUBSCRIBED", "consent_timestamp": "2026-03-02T08:00:00"}
+                    },
+                },
+            },
+        }
+    )
+    assert profile.marketing_consent("email") == ("SUBSCRIBED", datetime(2026, 3, 1, 12, tzinfo=UTC))
+    assert profile.marketing_consent("sms") == ("UNSUBSCRIBED", datetime(2026, 3, 2, 8, tzinfo=UTC))
+    assert profile.marketing_consent("whatsapp") == (None, None)
