@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import count
@@ -19,19 +19,15 @@ import duckdb
 import httpx2
 import pandas as pd
 import pytest
-from cryptography.fernet import Fernet
 
-from connectors.klaviyo.oauth import KlaviyoOAuth
 from connectors.klaviyo.push_settings import PushSettings, validate_push_settings
 from connectors.recart.models import all_ddl
 from klaviyo_sandbox.server import RunningSandbox
-from klaviyo_sandbox.testing import approve_consent
 from orchestration.dbt_manifest import run_dbt
 from orchestration.resources import KlaviyoResource
 from orchestration.subscriber_push import PushPlan, PushResult, push_account
 from warehouse.push_ledger import PushLedger
 
-REDIRECT_URI = "http://127.0.0.1:9/oauth/klaviyo/callback"
 RECART_ACCOUNT = "shop-push"
 RAW_SUBSCRIBER_TYPES = {
     **dict.fromkeys(
@@ -198,37 +194,17 @@ class PushWorld:
 
 
 @pytest.fixture
-def make_push_world(
-    make_sandbox, push_view_warehouse: Path, tmp_path: Path
-) -> Iterator[Callable[..., PushWorld]]:
-    """Build a PushWorld: ``seed`` "empty" (accounts without data), rate limits off by default."""
-    clients: list[httpx2.Client] = []
+def make_push_world(make_world, push_view_warehouse: Path, tmp_path: Path) -> Callable[..., PushWorld]:
+    """Build a PushWorld: the ``empty`` seed (accounts without data), rate limits off by default,
+    one shop connected through the real OAuth flow (``make_world``)."""
 
-    def build(rate_limits: str = "off", account_index: int = 0, **sandbox_options: Any) -> PushWorld:
-        running = make_sandbox(seed="empty", rate_limits=rate_limits, **sandbox_options)
-        control = httpx2.Client(base_url=running.base_url, timeout=30)
-        clients.append(control)
-        app = control.post(
-            "/_sandbox/oauth/clients", json={"name": "Recart", "redirect_uris": [REDIRECT_URI]}
-        ).json()
-        klaviyo = KlaviyoResource(
-            base_url=running.base_url,
-            authorize_url=f"{running.base_url}/oauth/authorize",
-            client_id=app["client_id"],
-            client_secret=app["client_secret"],
-            redirect_uri=REDIRECT_URI,
-            state_db=str(tmp_path / "state.db"),
-            encryption_key=Fernet.generate_key().decode(),
-        )
+    def build(rate_limits: str = "off", account_index: int = 0) -> PushWorld:
+        world = make_world(rate_limits=rate_limits, seed="empty")
+        world.connect(RECART_ACCOUNT, account_index)
         warehouse = tmp_path / "warehouse.duckdb"
         shutil.copyfile(push_view_warehouse, warehouse)
-        account_id = control.get("/_sandbox/accounts").json()["data"][account_index]["id"]
-        with klaviyo.store() as store:
-            oauth = KlaviyoOAuth(klaviyo.settings(), store)
-            back = approve_consent(oauth.start_authorization(RECART_ACCOUNT), account_id)
-            asyncio.run(oauth.complete_authorization(back["state"], code=back["code"]))
-        return PushWorld(running, control, klaviyo, warehouse, account_id)
+        return PushWorld(
+            world.running, world.control, world.klaviyo, warehouse, world.accounts[account_index]["id"]
+        )
 
-    yield build
-    for client in clients:
-        client.close()
+    return build
