@@ -389,15 +389,11 @@ def _group_profiles(changes: Sequence[Change], same_list: bool) -> list[list[Cha
     travel in one profile (one job, one profile at Klaviyo); otherwise one change per profile."""
     if not same_list:
         return [[c] for c in changes]
+    # A subscriber has one email and one phone, and the desired state has one row per contact
+    # point, so a group never holds two changes of one channel.
     by_subscriber: dict[str, list[Change]] = {}
     for change in changes:
-        group = by_subscriber.setdefault(change.subscriber_id, [])
-        if any(c.channel == change.channel for c in group):
-            by_subscriber.setdefault(
-                f"{change.subscriber_id}\x00{change.channel}{change.contact}", []
-            ).append(change)
-        else:
-            group.append(change)
+        by_subscriber.setdefault(change.subscriber_id, []).append(change)
     return list(by_subscriber.values())
 
 
