@@ -44,7 +44,13 @@ import pandas as pd
 import phonenumbers
 
 from connectors.klaviyo import filters
-from connectors.klaviyo.client import KlaviyoClient
+from connectors.klaviyo.client import (
+    MAX_IDS_PER_FILTER,
+    MAX_LIST_MEMBERS_PER_CALL,
+    MAX_SUBSCRIBE_PER_JOB,
+    MAX_UNSUBSCRIBE_PER_JOB,
+    KlaviyoClient,
+)
 from connectors.klaviyo.config import KlaviyoSettings
 from connectors.klaviyo.connections import ConnectionStore
 from connectors.klaviyo.errors import InvalidRequestError, KlaviyoError
@@ -74,8 +80,6 @@ __all__ = [
 
 DESIRED_STATE_RELATION = "push.klaviyo_push_desired_state"
 REJECTIONS_TABLE = "klaviyo_push.rejections"
-MAX_SUBSCRIBE_PER_JOB = 1000
-MAX_UNSUBSCRIBE_PER_JOB = 100
 CUSTOM_SOURCE = "Recart"
 # More Klaviyo rejections than this in one run means a setup problem (SMS not configured, a list
 # that refuses everyone), not bad rows: stop and say so instead of isolating rows one by one.
@@ -460,9 +464,9 @@ async def _profiles_by_contact(
     wanted = set(contacts)
     for channel, field_name in _CONTACT_FIELDS.items():
         values = sorted(contact for ch, contact in wanted if ch == channel)
-        for start in range(0, len(values), MAX_UNSUBSCRIBE_PER_JOB):
+        for start in range(0, len(values), MAX_IDS_PER_FILTER):
             calls += 1
-            chunk = filters.any_of(field_name, values[start : start + MAX_UNSUBSCRIBE_PER_JOB])
+            chunk = filters.any_of(field_name, values[start : start + MAX_IDS_PER_FILTER])
             async for profile in client.iter_profiles(chunk, with_subscriptions=with_subscriptions):
                 found[(channel, getattr(profile, field_name))] = profile
     return found, calls
@@ -664,8 +668,8 @@ async def execute_plan(
         ]
     for list_id, changes in sorted(plan.moves.items()):
         tasks += [
-            pusher.move(list_id, changes[i : i + MAX_SUBSCRIBE_PER_JOB])
-            for i in range(0, len(changes), MAX_SUBSCRIBE_PER_JOB)
+            pusher.move(list_id, changes[i : i + MAX_LIST_MEMBERS_PER_CALL])
+            for i in range(0, len(changes), MAX_LIST_MEMBERS_PER_CALL)
         ]
     singles = [[c] for c in plan.unsubscribes]
     tasks += [
