@@ -10,7 +10,18 @@
     never wins over a newer one.
 #}
 {% macro latest_changes(relation, key_columns) -%}
-    {{ return(adapter.dispatch('latest_changes')(relation, key_columns)) }}
+    {%- if is_incremental() -%}
+    {%- set changes_since_watermark -%}
+    (
+        select *
+        from {{ relation }}
+        {{- changed_keys_filter(relation, key_columns) }}
+    ) as changes_since_watermark
+    {%- endset -%}
+    {{ latest_of_few_changes(changes_since_watermark, key_columns) }}
+    {%- else -%}
+    {{ latest_of_all_changes(relation, key_columns) }}
+    {%- endif %}
 {%- endmacro %}
 
 {% macro change_order() -%}
@@ -27,34 +38,53 @@
     {%- endif %}
 {%- endmacro %}
 
-{% macro default__latest_changes(relation, key_columns) -%}
+
+{#
+    latest_of_few_changes(relation, keys): the latest row per key of `relation` (a table or a CTE
+    of change rows already narrowed to the keys of interest, with their whole history), ranking
+    every row. For a few keys: an incremental run, or the orders of a few subscribers.
+#}
+{% macro latest_of_few_changes(relation, key_columns) -%}
+    {{ return(adapter.dispatch('latest_of_few_changes')(relation, key_columns)) }}
+{%- endmacro %}
+
+{% macro default__latest_of_few_changes(relation, key_columns) -%}
     (
         select distinct on ({{ key_columns | join(', ') }}) *
         from {{ relation }}
-        {{- changed_keys_filter(relation, key_columns) }}
         order by {{ key_columns | join(', ') }}, {{ change_order() }}
     ) as latest_changes
 {%- endmacro %}
 
-{#
-    DuckDB, building from scratch: most keys have a single change, and ranking every row (a sort
-    per key) cost a third of a staging model's time at bench scale, so only the keys changed more
-    than once are ranked. An incremental run reads few rows: it ranks them all (reading the raw
-    table once).
-#}
-{% macro duckdb__latest_changes(relation, key_columns) -%}
-    {%- set keys = key_columns | join(', ') -%}
-    {%- if is_incremental() %}
+{% macro duckdb__latest_of_few_changes(relation, key_columns) -%}
     (
         select *
         from {{ relation }}
-        {{- changed_keys_filter(relation, key_columns) }}
         qualify row_number() over (
-            partition by {{ keys }}
+            partition by {{ key_columns | join(', ') }}
             order by {{ change_order() }}
         ) = 1
     ) as latest_changes
-    {%- else %}
+{%- endmacro %}
+
+
+{#
+    latest_of_all_changes(relation, keys): the same over a whole change table, built from scratch.
+#}
+{% macro latest_of_all_changes(relation, key_columns) -%}
+    {{ return(adapter.dispatch('latest_of_all_changes')(relation, key_columns)) }}
+{%- endmacro %}
+
+{% macro default__latest_of_all_changes(relation, key_columns) -%}
+    {{ default__latest_of_few_changes(relation, key_columns) }}
+{%- endmacro %}
+
+{#
+    DuckDB: most keys have a single change, and ranking every row (a sort per key) cost a third
+    of a staging model's time at bench scale, so only the keys changed more than once are ranked.
+#}
+{% macro duckdb__latest_of_all_changes(relation, key_columns) -%}
+    {%- set keys = key_columns | join(', ') -%}
     (
         with
 
@@ -91,7 +121,6 @@
             order by {{ change_order() }}
         ) = 1
     ) as latest_changes
-    {%- endif %}
 {%- endmacro %}
 
 

@@ -10,26 +10,48 @@
 
 {#
     Incremental: a run re-aggregates only the subscribers whose purchases may have changed since
-    the watermark (purchase_affected_subscribers); one left with none is a tombstone (order_count 0).
+    the watermark (purchase_affected_subscribers), from the raw changes of their orders (a full
+    build: of every order); one left with none is a tombstone (order_count 0).
 #}
 
 -- Read by the incremental branch only (dbt learns dependencies while parsing, not incremental):
--- depends_on: {{ ref('stg_recart__subscribers') }}
 -- depends_on: {{ source('recart', 'raw_subscribers') }}
--- depends_on: {{ source('recart', 'raw_orders') }}
 with
-
-purchases as (
-
-    select * from {{ ref('int_orders_matched_to_subscribers') }}
-
-),
 
 {% if is_incremental() %}
 
 affected_subscribers as (
 
     {{ purchase_affected_subscribers(incremental_watermark()) }}
+
+),
+
+orders_of_affected_subscribers as (
+
+    {{ orders_of_subscribers('affected_subscribers') }}
+
+),
+
+purchases as (
+
+    select *
+    from (
+        {{ matched_purchases(order_keys='select account_id, order_id from orders_of_affected_subscribers') }}
+    ) as matched
+    where (account_id, subscriber_id) in (
+        select
+            affected_subscribers.account_id,
+            affected_subscribers.subscriber_id
+        from affected_subscribers
+    )
+
+),
+
+{% else %}
+
+purchases as (
+
+    {{ matched_purchases() }}
 
 ),
 
@@ -48,14 +70,6 @@ purchases_per_subscriber as (
         max(loaded_at) as loaded_at
 
     from purchases
-    {% if is_incremental() %}
-    where (account_id, subscriber_id) in (
-        select
-            affected_subscribers.account_id,
-            affected_subscribers.subscriber_id
-        from affected_subscribers
-    )
-    {% endif %}
     group by account_id, subscriber_id
 
 ),

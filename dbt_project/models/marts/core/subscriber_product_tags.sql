@@ -11,28 +11,14 @@
 {#
     Incremental: a run rebuilds all tag rows of the subscribers whose purchases may have changed
     since the watermark (purchase_affected_subscribers), who own orders with changed lines, or who
-    bought a product whose tags changed; one left with no tags is a tombstone (product_tag null).
+    bought a product whose tags changed — from the raw changes of their orders and lines (a full
+    build: of all of them); one left with no tags is a tombstone (product_tag null).
 #}
 
 -- Read by the incremental branch only (dbt learns dependencies while parsing, not incremental):
--- depends_on: {{ ref('stg_recart__subscribers') }}
 -- depends_on: {{ source('recart', 'raw_subscribers') }}
--- depends_on: {{ source('recart', 'raw_orders') }}
--- depends_on: {{ source('recart', 'raw_order_lines') }}
 -- depends_on: {{ source('recart', 'raw_products') }}
 with
-
-all_purchases as not materialized (
-
-    select * from {{ ref('int_orders_matched_to_subscribers') }}
-
-),
-
-all_order_lines as not materialized (
-
-    select * from {{ ref('stg_recart__order_lines') }}
-
-),
 
 product_tags as (
 
@@ -42,6 +28,31 @@ product_tags as (
 
 {% if is_incremental() %}
 
+orders_with_changed_lines as (
+
+    select
+        account_id,
+        order_id
+    from {{ source('recart', 'raw_order_lines') }}
+    where _loaded_at >= {{ incremental_watermark() }}
+
+    union
+
+    -- orders with a product whose tags changed
+    select
+        account_id,
+        order_id
+    from {{ source('recart', 'raw_order_lines') }}
+    where (account_id, product_id) in (
+        select
+            account_id,
+            product_id
+        from {{ source('recart', 'raw_products') }}
+        where _loaded_at >= {{ incremental_watermark() }}
+    )
+
+),
+
 affected_subscribers as (
 
     {{ purchase_affected_subscribers(incremental_watermark()) }}
@@ -49,44 +60,27 @@ affected_subscribers as (
     union
 
     select
-        all_purchases.account_id,
-        all_purchases.subscriber_id
-    from all_purchases
-    where (all_purchases.account_id, all_purchases.order_id) in (
-        select
-            account_id,
-            order_id
-        from {{ source('recart', 'raw_order_lines') }}
-        where _loaded_at >= {{ incremental_watermark() }}
-    )
+        account_id,
+        subscriber_id
+    from (
+        {{ matched_purchases(order_keys='select account_id, order_id from orders_with_changed_lines') }}
+    ) as purchases_with_changed_lines
 
-    union
+),
 
-    select
-        all_purchases.account_id,
-        all_purchases.subscriber_id
-    from all_purchases
-    where (all_purchases.account_id, all_purchases.order_id) in (
-        -- orders with a product whose tags changed (filter the lines first: few products change)
-        select
-            all_order_lines.account_id,
-            all_order_lines.order_id
-        from all_order_lines
-        where (all_order_lines.account_id, all_order_lines.product_id) in (
-            select
-                account_id,
-                product_id
-            from {{ source('recart', 'raw_products') }}
-            where _loaded_at >= {{ incremental_watermark() }}
-        )
-    )
+orders_of_affected_subscribers as (
+
+    {{ orders_of_subscribers('affected_subscribers') }}
 
 ),
 
 -- materialized: the affected subscribers' purchases and lines are few; read them before joining tags
 purchases as materialized (
 
-    select * from all_purchases
+    select *
+    from (
+        {{ matched_purchases(order_keys='select account_id, order_id from orders_of_affected_subscribers') }}
+    ) as matched
     where (account_id, subscriber_id) in (
         select
             affected_subscribers.account_id,
@@ -96,10 +90,16 @@ purchases as materialized (
 
 ),
 
+line_changes as (
+
+    select * from {{ source('recart', 'raw_order_lines') }}
+    where (account_id, order_id) in (select purchases.account_id, purchases.order_id from purchases)
+
+),
+
 order_lines as materialized (
 
-    select * from all_order_lines
-    where (account_id, order_id) in (select purchases.account_id, purchases.order_id from purchases)
+    select * from {{ latest_of_few_changes('line_changes', ['account_id', 'order_id', 'line_id']) }}
 
 ),
 
@@ -107,13 +107,13 @@ order_lines as materialized (
 
 purchases as not materialized (
 
-    select * from all_purchases
+    {{ matched_purchases() }}
 
 ),
 
 order_lines as (
 
-    select * from all_order_lines
+    select * from {{ latest_of_all_changes(source('recart', 'raw_order_lines'), ['account_id', 'order_id', 'line_id']) }}
 
 ),
 
@@ -126,7 +126,7 @@ tags_per_order as (
         order_lines.account_id,
         order_lines.order_id,
         product_tags.product_tag,
-        max(order_lines.loaded_at) as loaded_at
+        max(order_lines._loaded_at) as loaded_at
 
     from order_lines
     inner join product_tags

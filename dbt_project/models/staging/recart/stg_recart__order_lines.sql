@@ -1,15 +1,6 @@
-{{
-  config(
-    materialized='incremental',
-    unique_key=['account_id', 'order_id', 'line_id'],
-    incremental_strategy='delete+insert',
-    on_schema_change='fail'
-  )
-}}
-
 {#
-    raw_order_lines has no `deleted`: lines leave with their order (a deleted order drops its
-    lines downstream, where purchases join them).
+    A view, like stg_recart__orders. raw_order_lines has no `deleted`: lines leave with their
+    order (a deleted order drops its lines downstream, where purchases join them).
 #}
 with
 

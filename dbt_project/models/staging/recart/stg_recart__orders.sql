@@ -1,13 +1,7 @@
-{{
-  config(
-    materialized='incremental',
-    unique_key=['account_id', 'order_id'],
-    incremental_strategy='delete+insert',
-    on_schema_change='fail',
-    post_hook="{{ drop_deleted_changes() }}"
-  )
-}}
-
+{#
+    A view: the 10M-order table would cost more to write than every reader of it saves. The
+    purchase marts read the raw changes of the orders they need (matched_purchases).
+#}
 with
 
 source as (
@@ -26,19 +20,18 @@ renamed as (
         {{ normalize_email('email') }} as email,
         ---------- order
         lower(trim(status)) as order_status,
-        coalesce(lower(trim(status)), '') not in ({{ sql_string_list(var('non_purchase_order_statuses')) }})
-            as is_purchase,
+        {{ is_purchase_status('status') }} as is_purchase,
         ---------- numerics
         total_amount,
         upper(currency) as currency,
         ---------- the change
-        coalesce(deleted, false) as is_deleted,
         _loaded_at as loaded_at,
         ---------- timestamps
         placed_at,
         updated_at
 
     from source
+    where not coalesce(deleted, false)
 
 )
 
