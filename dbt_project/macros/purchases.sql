@@ -77,12 +77,14 @@
         from {{ ref('stg_recart__subscribers') }}
         where
             email is not null
+            -- the emails of guest orders, read from the changes: reading `purchases` here would
+            -- deduplicate every order a second time
             and (account_id, email) in (
                 select
-                    purchases.account_id,
-                    purchases.guest_email
-                from purchases
-                where purchases.guest_email is not null
+                    order_changes.account_id,
+                    {{ normalize_email('order_changes.email') }}
+                from order_changes
+                where order_changes.subscriber_id is null
             )
         qualify row_number() over (
             partition by account_id, email
