@@ -42,7 +42,9 @@ memberships_per_subscriber as (
         group_members.group_id,
         min(group_members.valid_from) as first_joined_at,
         max(group_members.valid_from) as joined_at,
-        count(distinct group_members.profile_id) as matched_profile_count
+        -- a profile has one current spell per group (tested on stg_klaviyo__group_members), and
+        -- one match row per subscriber: count(*) counts profiles, without a distinct aggregation
+        count(*) as matched_profile_count
 
     from group_members
     inner join matches
