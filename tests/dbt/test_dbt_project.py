@@ -304,3 +304,30 @@ def test_dbt_asset_keys_groups_and_lineage():
             "raw_segment_usages",
         )
     } | {dg.AssetKey(["klaviyo", name]) for name in ("raw_groups", "raw_group_members", "group_sync_status")}
+
+
+def test_a_second_current_spell_of_one_profile_in_one_group_fails_the_build(
+    built_warehouse: BuiltWarehouse, dbt_in_process, tmp_path: Path
+):
+    """subscriber_klaviyo_memberships counts matched profiles with count(*): exact only while a
+    profile has one current spell per group, which this data test holds."""
+    database = built_warehouse.copy(tmp_path / "warehouse.duckdb")
+    test = "one_current_spell_per_group_and_profile"
+    assert dbt_in_process(["test", "--select", test], database), dbt_in_process.last_result.exception
+    conn = duckdb.connect(str(database))
+    try:
+        conn.execute(
+            """
+            insert into klaviyo.raw_group_members
+            select account_id, group_kind, group_id, profile_id, email, phone_number, external_id,
+                   joined_group_at, valid_from + interval 1 hour, null, null, loaded_at + interval 1 hour
+            from klaviyo.raw_group_members
+            where valid_to is null
+            limit 1
+            """
+        )
+    finally:
+        conn.close()
+    assert not dbt_in_process(["test", "--select", test], database)
+    failed = [r for r in dbt_in_process.last_result.result.results if r.status == "fail"]
+    assert [r.node.name for r in failed] == [test]
