@@ -17,6 +17,9 @@
   ``warehouse.duckdb_file.write_connection`` takes): syncs wait for the build, the build waits for
   a sync's short write window (``warehouse.duckdb_file.write_lock``). The profile also retries
   opening while a reader holds the file.
+- ``as_of`` reaches dbt as the environment variable ``RECART_AS_OF`` (read only at execution time,
+  ``dbt_project/macros/as_of.sql``) rather than as ``--vars``: dbt throws its saved parse away
+  whenever the command line's vars change.
 """
 
 import os
@@ -107,7 +110,9 @@ class DbtBuildConfig(dg.Config):
     """Run config of a build (all optional)."""
 
     full_refresh: bool = False  # rebuild incremental models from scratch
-    as_of: str | None = None  # judge "now" at this ISO time (segments, outdated groups); default: run start
+    # Judge "now" at this ISO time (segments, outdated groups); default: the run's start. Reaches dbt
+    # as RECART_AS_OF, which dbt_project/macros/as_of.sql checks.
+    as_of: str | None = None
 
 
 @contextmanager
@@ -125,13 +130,25 @@ def _environment(**values: str) -> Iterator[None]:
 
 
 def build_args(config: DbtBuildConfig) -> list[str]:
-    """The dbt command line of a build."""
+    """The dbt command line of a build (no ``--vars``: a new value costs a full re-parse)."""
     args = ["build"]
     if config.full_refresh:
         args.append("--full-refresh")
-    if config.as_of:
-        args += ["--vars", f'{{"as_of": "{config.as_of}"}}']
     return args
+
+
+def build_environment(config: DbtBuildConfig, database: Path) -> dict[str, str]:
+    """The environment of a build's dbt process: the warehouse, and ``as_of`` as ``RECART_AS_OF``.
+
+    Empty when not given (the macro then takes the run's start), so that a ``RECART_AS_OF`` left in
+    this process's own environment cannot change what a build without ``as_of`` means.
+    """
+    return {
+        # dbt runs in the project folder: give it the warehouse as an absolute path.
+        "WAREHOUSE_DUCKDB_PATH": str(database),
+        "RECART_AS_OF": config.as_of or "",
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+    }
 
 
 @dbt_assets(
@@ -149,8 +166,7 @@ def warehouse_dbt_assets(
     """``dbt build`` (models, data tests, unit tests) of the selected models, under the write lock."""
     database = Path(warehouse.path).resolve()
     with write_lock(database, timeout=WRITE_LOCK_TIMEOUT_SECONDS):
-        # dbt runs in the project folder: give it the warehouse as an absolute path.
-        with _environment(WAREHOUSE_DUCKDB_PATH=str(database), DBT_SEND_ANONYMOUS_USAGE_STATS="false"):
+        with _environment(**build_environment(config, database)):
             invocation = dbt.cli(build_args(config), context=context)
         yield from segment_members_last(context, invocation.stream())
 
