@@ -134,8 +134,12 @@ def _environment(**values: str) -> Iterator[None]:
 
 
 def build_args(config: DbtBuildConfig) -> list[str]:
-    """The dbt command line of a build (no ``--vars``: a new value costs a full re-parse)."""
-    args = ["build"]
+    """The dbt command line of a build (no ``--vars``: a new value costs a full re-parse).
+
+    Unit tests are left out: they test the SQL on fixed inputs, not the data, so they belong to
+    development and CI (``make test`` runs them: ``tests/dbt``), not to every production build.
+    """
+    args = ["build", "--exclude-resource-type", "unit_test"]
     if config.full_refresh:
         args.append("--full-refresh")
     return args
@@ -182,7 +186,11 @@ def warehouse_dbt_assets(
     dbt: DbtCliResource,
     warehouse: WarehouseResource,
 ):
-    """``dbt build`` (models, data tests, unit tests) of the selected models, under the write lock."""
+    """``dbt build`` of the selected models with their data tests, under the write lock.
+
+    dbt's unit tests are not run here (they run in development and CI: ``make test``); data tests
+    are, and each becomes an asset check.
+    """
     database = Path(warehouse.path).resolve()
     # The lock is held from before dbt starts until its last event is streamed: two builds of one
     # warehouse never overlap, so they can share one target folder (its partial_parse.msgpack,
