@@ -18,7 +18,8 @@ subscribers as not materialized (
 
 ),
 
-profiles as not materialized (
+-- materialized: a view, joined three times below
+profiles as materialized (
 
     select * from {{ ref('int_klaviyo_profiles_deduplicated') }}
 
