@@ -533,9 +533,24 @@ def reparsed(log: str) -> bool:
 
 
 def slowest_nodes(work: Path, count: int = 8) -> list[tuple[str, float]]:
+    """The ``count`` nodes of the last build that took longest, with their seconds."""
     results = json.loads((work / "target" / "run_results.json").read_text())["results"]
     ranked = sorted(((r["unique_id"], r["execution_time"]) for r in results), key=lambda x: -x[1])
     return [(uid.split(".", 2)[-1], round(t, 2)) for uid, t in ranked[:count]]
+
+
+def seconds_by_resource_type(work: Path) -> dict[str, dict[str, float]]:
+    """Node count and summed seconds per resource type (model, test) of the last build.
+
+    What the wall time holds beyond these is dbt's own start-up and bookkeeping.
+    """
+    results = json.loads((work / "target" / "run_results.json").read_text())["results"]
+    totals: dict[str, dict[str, float]] = {}
+    for result in results:
+        kind = totals.setdefault(result["unique_id"].split(".", 1)[0], {"nodes": 0, "seconds": 0.0})
+        kind["nodes"] += 1
+        kind["seconds"] = round(kind["seconds"] + result["execution_time"], 2)
+    return totals
 
 
 def compare_with_floor(database: Path) -> dict[str, int]:
@@ -589,6 +604,7 @@ def main(argv: list[str] | None = None) -> None:
 
         full_seconds, full_mb, full_log = dbt_build(database, work, DAY1, full_refresh=True)
         full_slowest = slowest_nodes(work)
+        full_by_type = seconds_by_resource_type(work)
         print(
             f"full dbt build: {full_seconds:.1f}s, peak {full_mb:.0f} MB; slowest {full_slowest}", flush=True
         )
@@ -604,6 +620,7 @@ def main(argv: list[str] | None = None) -> None:
         changes = land_a_day(database, args.subscribers)
         daily_seconds, daily_mb, daily_log = dbt_build(database, work, DAY2, full_refresh=False)
         daily_slowest = slowest_nodes(work)
+        daily_by_type = seconds_by_resource_type(work)
         print(
             f"daily dbt build: {daily_seconds:.1f}s, peak {daily_mb:.0f} MB; slowest {daily_slowest}",
             flush=True,
@@ -639,6 +656,8 @@ def main(argv: list[str] | None = None) -> None:
             "target_daily_over_full": 0.25,
             **agreement,
             "daily_differing_rows": daily_agreement["differing_rows"],
+            "full_by_resource_type": full_by_type,
+            "daily_by_resource_type": daily_by_type,
             "full_slowest": full_slowest,
             "daily_slowest": daily_slowest,
         }
