@@ -1,5 +1,5 @@
 {#
-    Incremental models downstream of staging (purchases, product tags) rebuild only the rows of
+    Incremental models downstream of staging (purchase summaries) rebuild only the rows of
     the subscribers a run's new changes can affect, and replace those rows whole (delete+insert
     on the subscriber). Each such model keeps `loaded_at`, the latest load behind a row; its
     watermark is the model's max(loaded_at) less var('incremental_lookback_hours'), as in
@@ -56,7 +56,7 @@
 
 
 {#
-    The subscribers whose purchases (int_orders_matched_to_subscribers) may have changed since
+    The subscribers whose purchases (matched_purchases) may have changed since
     `watermark`, old attribution and new: the changed subscribers themselves, every subscriber id
     any version of a changed order names, and every current subscriber sharing an email with any
     version of a changed subscriber or order (the owner of a guest order's email can change hands).

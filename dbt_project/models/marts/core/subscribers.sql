@@ -12,31 +12,13 @@ subscribers as (
 
 purchases as (
 
-    select * from {{ ref('int_purchases_aggregated_to_subscribers') }}
-
-),
-
-product_tags as (
-
-    select * from {{ ref('subscriber_product_tags') }}
+    select * from {{ ref('int_purchases_summarised_per_subscriber') }}
 
 ),
 
 matches as (
 
     select * from {{ ref('int_subscribers_matched_to_klaviyo_profiles') }}
-
-),
-
-product_tags_per_subscriber as (
-
-    select
-        account_id,
-        subscriber_id,
-        array_agg(product_tag order by product_tag) as product_tags_bought
-
-    from product_tags
-    group by account_id, subscriber_id
 
 ),
 
@@ -75,7 +57,7 @@ subscribers_enriched as (
         coalesce(purchases.order_count, 0) as order_count,
         coalesce(purchases.revenue, 0) as revenue,
         purchases.revenue_currency,
-        product_tags_per_subscriber.product_tags_bought,
+        purchases.product_tags_bought,
         coalesce(profiles_per_subscriber.klaviyo_profile_count, 0) as klaviyo_profile_count
 
     from subscribers
@@ -83,10 +65,6 @@ subscribers_enriched as (
         on
             subscribers.account_id = purchases.account_id
             and subscribers.subscriber_id = purchases.subscriber_id
-    left join product_tags_per_subscriber
-        on
-            subscribers.account_id = product_tags_per_subscriber.account_id
-            and subscribers.subscriber_id = product_tags_per_subscriber.subscriber_id
     left join profiles_per_subscriber
         on
             subscribers.account_id = profiles_per_subscriber.account_id
