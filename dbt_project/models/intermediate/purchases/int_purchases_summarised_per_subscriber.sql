@@ -118,7 +118,8 @@ purchases as materialized (
 
 order_lines as (
 
-    select * from {{ latest_of_all_changes(source('recart', 'raw_order_lines'), ['account_id', 'order_id', 'line_id']) }}
+    select *
+    from {{ latest_of_all_changes(source('recart', 'raw_order_lines'), ['account_id', 'order_id', 'line_id']) }}
 
 ),
 

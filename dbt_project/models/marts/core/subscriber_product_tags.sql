@@ -24,10 +24,10 @@ tags_unnested as (
 select
     account_id,
     subscriber_id,
-    tag.product_tag,
-    tag.first_bought_at,
-    tag.last_bought_at,
-    tag.order_count,
+    struct_extract(tag, 'product_tag') as product_tag,
+    struct_extract(tag, 'first_bought_at') as first_bought_at,
+    struct_extract(tag, 'last_bought_at') as last_bought_at,
+    struct_extract(tag, 'order_count') as order_count,
     loaded_at
 
 from tags_unnested
