@@ -37,31 +37,26 @@
 {%- endmacro %}
 
 
-{# Every version (account_id, order_id, subscriber_id, normalised email) of the orders with changes loaded since `watermark`. #}
-{% macro order_versions_changed_since(watermark) -%}
+{# Every version (account_id, order_id, subscriber_id, normalised email) of the orders `order_keys` (SQL selecting account_id, order_id) names. #}
+{% macro order_versions(order_keys) -%}
     select
         account_id,
         order_id,
         cast(subscriber_id as varchar) as subscriber_id,
         {{ normalize_email('email') }} as email
     from {{ source('recart', 'raw_orders') }}
-    where (account_id, order_id) in (
-        select
-            account_id,
-            order_id
-        from {{ source('recart', 'raw_orders') }}
-        where _loaded_at >= {{ watermark }}
-    )
+    where (account_id, order_id) in ({{ order_keys }})
 {%- endmacro %}
 
 
 {#
-    The subscribers whose purchases (matched_purchases) may have changed since
-    `watermark`, old attribution and new: the changed subscribers themselves, every subscriber id
-    any version of a changed order names, and every current subscriber sharing an email with any
-    version of a changed subscriber or order (the owner of a guest order's email can change hands).
+    The subscribers whose purchases (matched_purchases) may have changed since `watermark`, old
+    attribution and new: the changed subscribers themselves, every subscriber id any version of a
+    changed order names, and every current subscriber sharing an email with any version of a
+    changed subscriber or order (the owner of a guest order's email can change hands).
+    changed_order_keys: SQL selecting the (account_id, order_id) of the changed orders.
 #}
-{% macro purchase_affected_subscribers(watermark) -%}
+{% macro purchase_affected_subscribers(watermark, changed_order_keys) -%}
     with
 
     changed_subscribers as (
@@ -69,7 +64,7 @@
     ),
 
     changed_orders as (
-        {{ order_versions_changed_since(watermark) }}
+        {{ order_versions(changed_order_keys) }}
     ),
 
     touched_emails as (
