@@ -12,24 +12,29 @@ group_members as (
 
 ),
 
-current_spells_ranked as (
+latest_identifiers as (
 
+    -- the identifiers of the spell first in (loaded_at desc, valid_from desc, group_id asc): an
+    -- aggregate per profile took half the time of ranking every current spell with a window
     select
         group_members.account_id,
         group_members.profile_id,
-        group_members.external_id,
-        group_members.email,
-        group_members.phone_number,
-        row_number() over (
-            partition by group_members.account_id, group_members.profile_id
-            order by
-                group_members.loaded_at desc,
-                group_members.valid_from desc,
-                group_members.group_id asc
-        ) as recency_rank
+        arg_min(
+            {
+                'external_id': group_members.external_id,
+                'email': group_members.email,
+                'phone_number': group_members.phone_number
+            },
+            (
+                -epoch_us(group_members.loaded_at),
+                -epoch_us(group_members.valid_from),
+                group_members.group_id
+            )
+        ) as identifiers
 
     from group_members
     where group_members.is_current
+    group by group_members.account_id, group_members.profile_id
 
 ),
 
@@ -38,12 +43,11 @@ profiles as (
     select
         account_id,
         profile_id,
-        external_id,
-        email,
-        phone_number
+        struct_extract(identifiers, 'external_id') as external_id,
+        struct_extract(identifiers, 'email') as email,
+        struct_extract(identifiers, 'phone_number') as phone_number
 
-    from current_spells_ranked
-    where recency_rank = 1
+    from latest_identifiers
 
 )
 
