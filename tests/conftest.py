@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from connectors.klaviyo.connections import Connection
 from connectors.klaviyo.oauth import KlaviyoOAuth
 from klaviyo_sandbox.server import RunningSandbox, create_sandbox, running_sandbox
 from klaviyo_sandbox.testing import approve_consent
-from orchestration.dbt_manifest import parse_if_stale
+from orchestration.dbt_manifest import DBT_PROJECT_DIR, parse_if_stale
 from orchestration.partitions import klaviyo_accounts
 from orchestration.resources import KlaviyoResource, WarehouseResource
 
@@ -31,6 +32,17 @@ os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
 def pytest_configure(config: pytest.Config) -> None:
     """``@dbt_assets`` reads dbt's manifest at import (the definitions load it): parse once if stale."""
     parse_if_stale()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_dbt_target_folders_of_test_warehouses() -> Iterator[None]:
+    """Dagster dbt builds keep a target folder per warehouse (``target/warehouse-<hash>``); the
+    tests' warehouses live in temporary folders, so their target folders go when the session ends."""
+    target = DBT_PROJECT_DIR / "target"
+    before = set(target.glob("warehouse-*"))
+    yield
+    for folder in set(target.glob("warehouse-*")) - before:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
