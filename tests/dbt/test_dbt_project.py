@@ -331,3 +331,35 @@ def test_a_second_current_spell_of_one_profile_in_one_group_fails_the_build(
     assert not dbt_in_process(["test", "--select", test], database)
     failed = [r for r in dbt_in_process.last_result.result.results if r.status == "fail"]
     assert [r.node.name for r in failed] == [test]
+
+
+def test_relationship_tests_find_a_missing_parent_both_ways(
+    built_warehouse: BuiltWarehouse, dbt_in_process, tmp_path: Path
+):
+    """relationships_within_account looks parents up by recent children (a semi-join) or joins
+    every child: either way a child without a parent is reported."""
+    database = built_warehouse.copy(tmp_path / "warehouse.duckdb")
+    conn = duckdb.connect(str(database))
+    try:
+        # recent child: a line of an order that never landed
+        conn.execute(
+            "insert into recart.raw_order_lines select account_id, 'o-missing', line_id, product_id,"
+            " quantity, unit_price, updated_at, _file, _row + 1000, _loaded_at + interval 1 hour"
+            " from recart.raw_order_lines limit 1"
+        )
+        # every child checked: a segment member who is no subscriber
+        conn.execute(
+            "insert into marts.segment_members select account_id, segment_name, 's-nobody', klaviyo_as_of"
+            " from marts.segment_members limit 1"
+        )
+    finally:
+        conn.close()
+    dbt_in_process(["test", "--select", "test_name:relationships_within_account"], database)
+    results = {r.node.name: r for r in dbt_in_process.last_result.result.results}
+    lines = next(r for name, r in results.items() if "raw_order_lines_order_id" in name)
+    members = next(
+        r for name, r in results.items() if name.startswith("relationships_within_account_segment_members")
+    )
+    assert (lines.status, lines.failures) == ("warn", 1)
+    assert (members.status, members.failures) == ("fail", 1)
+    assert all(r.status == "pass" for r in results.values() if r not in (lines, members))
