@@ -1,10 +1,10 @@
 {#
-    Purchases, computed from Recart's raw order changes by the marts that need them
-    (int_purchases_aggregated_to_subscribers, subscriber_product_tags; int_orders_matched_to_subscribers
-    is the same as a view). There is no persisted order-level table: at 10M orders writing one
-    took longer than computing the marts from the raw changes, and an incremental run reads the
-    raw changes of the few orders it needs (their whole history: a filter on a view over all
-    orders would not reach below its deduplication).
+    Purchases, computed from Recart's raw order changes by the one model that summarises them
+    (int_purchases_summarised_per_subscriber; the view int_orders_matched_to_subscribers shows the
+    same rows). There is no persisted order-level table: at 10M orders writing one took longer
+    than computing the summaries from the raw changes, and an incremental run reads the raw
+    changes of the few orders it needs (their whole history: a filter on a view over all orders
+    would not reach below its deduplication).
 #}
 
 {# An order status that counts as a purchase: not in var('non_purchase_order_statuses'). #}
