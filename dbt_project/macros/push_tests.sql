@@ -64,13 +64,13 @@
 
         select 'channel not in accepted values' as rule, *
         from checked
-        where channel not in ({{ push_test_literals(channels) }})
+        where channel not in ({{ sql_string_list(channels) }})
 
         union all
 
         select 'desired_state not in accepted values' as rule, *
         from checked
-        where desired_state not in ({{ push_test_literals(desired_states) }})
+        where desired_state not in ({{ sql_string_list(desired_states) }})
 
     )
 
@@ -87,9 +87,3 @@
 
 {% endtest %}
 
-
-{% macro push_test_literals(values) -%}
-    {%- for value in values -%}
-        '{{ value | replace("'", "''") }}'{{ ", " if not loop.last }}
-    {%- endfor -%}
-{%- endmacro %}
