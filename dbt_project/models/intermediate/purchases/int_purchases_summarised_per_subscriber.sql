@@ -52,6 +52,8 @@ orders_with_changes as (
 
     union
 
+    -- a select of its own: or-ed into the one above, the filter could no longer skip old row
+    -- groups by _loaded_at (0.13 s instead of 0.01 s over 12M lines)
     select
         account_id,
         order_id
