@@ -46,11 +46,10 @@ from pathlib import Path
 import duckdb
 
 ROOT = Path(__file__).resolve().parents[1]
-DBT_PROJECT_DIR = ROOT / "dbt_project"
-DBT = str(Path(sys.executable).with_name("dbt"))
 sys.path.insert(0, str(ROOT))
 
 from connectors.recart.models import all_ddl  # noqa: E402
+from orchestration.dbt_manifest import DBT_EXECUTABLE, DBT_PROJECT_DIR  # noqa: E402
 from warehouse.klaviyo_membership import SCHEMA_SQL as KLAVIYO_SCHEMA_SQL  # noqa: E402
 
 ACCOUNTS = 10
@@ -503,28 +502,30 @@ def dbt(command: list[str], database: Path, work: Path, as_of: datetime) -> tupl
 
     Returns wall seconds, peak MB, and what dbt wrote to its log file meanwhile.
     """
+    # Imported here, not at the top: the floor's timed process imports this module too, and must
+    # not pay for Dagster's import.
+    from orchestration.assets.dbt import DbtBuildConfig, build_environment
+
     args = [
-        DBT, *command, "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR),
+        DBT_EXECUTABLE, *command,
+        "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR),
         "--target-path", str(work / "target"), "--log-path", str(work / "logs"),
     ]  # fmt: skip
-    env = {
-        "WAREHOUSE_DUCKDB_PATH": str(database),
-        "RECART_AS_OF": as_of.isoformat(),
-        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
-    }
     log = work / "logs" / "dbt.log"
     start = log.stat().st_size if log.exists() else 0
-    seconds, peak_mb, _ = timed(args, env=env)
+    seconds, peak_mb, _ = timed(
+        args, env=build_environment(DbtBuildConfig(as_of=as_of.isoformat()), database)
+    )
     with log.open("rb") as file:
         file.seek(start)
         return seconds, peak_mb, file.read().decode(errors="replace")
 
 
 def dbt_build(database: Path, work: Path, as_of: datetime, full_refresh: bool) -> tuple[float, float, str]:
-    args = ["build", "--exclude-resource-type", "unit_test"]  # as in production
-    if full_refresh:
-        args.append("--full-refresh")
-    return dbt(args, database, work, as_of)
+    """The Dagster asset's ``dbt build`` command line (``build_args``), timed."""
+    from orchestration.assets.dbt import DbtBuildConfig, build_args
+
+    return dbt(build_args(DbtBuildConfig(full_refresh=full_refresh)), database, work, as_of)
 
 
 def reparsed(log: str) -> bool:
@@ -532,25 +533,21 @@ def reparsed(log: str) -> bool:
     return "Unable to do partial parsing" in log
 
 
-def slowest_nodes(work: Path, count: int = 8) -> list[tuple[str, float]]:
-    """The ``count`` nodes of the last build that took longest, with their seconds."""
-    results = json.loads((work / "target" / "run_results.json").read_text())["results"]
-    ranked = sorted(((r["unique_id"], r["execution_time"]) for r in results), key=lambda x: -x[1])
-    return [(uid.split(".", 2)[-1], round(t, 2)) for uid, t in ranked[:count]]
+def node_seconds(work: Path, count: int = 8) -> tuple[list[tuple[str, float]], dict[str, dict[str, float]]]:
+    """From the last build's run_results.json: the ``count`` slowest nodes with their seconds, and
+    node count and summed seconds per resource type (model, test).
 
-
-def seconds_by_resource_type(work: Path) -> dict[str, dict[str, float]]:
-    """Node count and summed seconds per resource type (model, test) of the last build.
-
-    What the wall time holds beyond these is dbt's own start-up and bookkeeping.
+    What the wall time holds beyond the summed seconds is dbt's own start-up and bookkeeping.
     """
     results = json.loads((work / "target" / "run_results.json").read_text())["results"]
+    ranked = sorted(((r["unique_id"], r["execution_time"]) for r in results), key=lambda x: -x[1])
+    slowest = [(uid.split(".", 2)[-1], round(t, 2)) for uid, t in ranked[:count]]
     totals: dict[str, dict[str, float]] = {}
     for result in results:
         kind = totals.setdefault(result["unique_id"].split(".", 1)[0], {"nodes": 0, "seconds": 0.0})
         kind["nodes"] += 1
         kind["seconds"] = round(kind["seconds"] + result["execution_time"], 2)
-    return totals
+    return slowest, totals
 
 
 def compare_with_floor(database: Path) -> dict[str, int]:
@@ -603,8 +600,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"no-op dbt build ({NOOP_MODEL}): {noop_seconds:.2f}s", flush=True)
 
         full_seconds, full_mb, full_log = dbt_build(database, work, DAY1, full_refresh=True)
-        full_slowest = slowest_nodes(work)
-        full_by_type = seconds_by_resource_type(work)
+        full_slowest, full_by_type = node_seconds(work)
         print(
             f"full dbt build: {full_seconds:.1f}s, peak {full_mb:.0f} MB; slowest {full_slowest}", flush=True
         )
@@ -619,8 +615,7 @@ def main(argv: list[str] | None = None) -> None:
 
         changes = land_a_day(database, args.subscribers)
         daily_seconds, daily_mb, daily_log = dbt_build(database, work, DAY2, full_refresh=False)
-        daily_slowest = slowest_nodes(work)
-        daily_by_type = seconds_by_resource_type(work)
+        daily_slowest, daily_by_type = node_seconds(work)
         print(
             f"daily dbt build: {daily_seconds:.1f}s, peak {daily_mb:.0f} MB; slowest {daily_slowest}",
             flush=True,
