@@ -126,3 +126,18 @@ def approve_consent(authorize_url: str, account_id: str, decision: str = "allow"
             f"the sandbox refused the consent form: {response.status_code} {response.text[:200]}"
         )
     return dict(httpx2.URL(response.headers["location"]).params.multi_items())
+
+
+def register_oauth_app(
+    control: httpx2.Client, redirect_uri: str, scopes: list[str] | None = None, name: str = "Recart"
+) -> dict[str, Any]:
+    """Register a new OAuth app at the sandbox (``POST /_sandbox/oauth/clients``) with one
+    redirect URI and, when given, the scopes it may ask for; returns its ``client_id`` and
+    ``client_secret``. ``control`` is a client of the sandbox's base URL."""
+    body: dict[str, Any] = {"name": name, "redirect_uris": [redirect_uri]}
+    if scopes is not None:
+        body["scopes"] = scopes
+    response = control.post("/_sandbox/oauth/clients", json=body)
+    if response.status_code != 201:
+        raise RuntimeError(f"the sandbox refused the app: {response.status_code} {response.text[:200]}")
+    return response.json()

@@ -21,7 +21,7 @@ from cryptography.fernet import Fernet
 from connectors.klaviyo.connections import Connection
 from connectors.klaviyo.oauth import KlaviyoOAuth
 from klaviyo_sandbox.server import RunningSandbox, create_sandbox, running_sandbox
-from klaviyo_sandbox.testing import approve_consent
+from klaviyo_sandbox.testing import approve_consent, register_oauth_app
 from orchestration.dbt_manifest import DBT_PROJECT_DIR, parse_if_stale
 from orchestration.partitions import klaviyo_accounts
 from orchestration.resources import KlaviyoResource, WarehouseResource
@@ -121,17 +121,11 @@ class World:
 
 
 @pytest.fixture
-def make_world(make_sandbox, tmp_path: Path) -> Iterator[Callable[..., World]]:
-    clients: list[httpx2.Client] = []
-
+def make_world(make_sandbox, control, tmp_path: Path) -> Callable[..., World]:
     def build(rate_limits: str = "x10", seed: str = "demo", client_scopes: list[str] | None = None) -> World:
         running = make_sandbox(seed=seed, rate_limits=rate_limits)
-        control = httpx2.Client(base_url=running.base_url, timeout=30)
-        clients.append(control)
-        body = {"name": "Recart", "redirect_uris": [REDIRECT_URI]}
-        if client_scopes is not None:
-            body["scopes"] = client_scopes
-        app = control.post("/_sandbox/oauth/clients", json=body).json()
+        http = control(running)
+        app = register_oauth_app(http, REDIRECT_URI, client_scopes)
         klaviyo = KlaviyoResource(
             base_url=running.base_url,
             authorize_url=f"{running.base_url}/oauth/authorize",
@@ -142,12 +136,10 @@ def make_world(make_sandbox, tmp_path: Path) -> Iterator[Callable[..., World]]:
             encryption_key=Fernet.generate_key().decode(),
         )
         warehouse = WarehouseResource(path=str(tmp_path / "warehouse.duckdb"))
-        accounts = control.get("/_sandbox/accounts").json()["data"]
-        return World(running, control, klaviyo, warehouse, accounts)
+        accounts = http.get("/_sandbox/accounts").json()["data"]
+        return World(running, http, klaviyo, warehouse, accounts)
 
-    yield build
-    for client in clients:
-        client.close()
+    return build
 
 
 @pytest.fixture

@@ -41,6 +41,7 @@ from connectors.klaviyo.errors import (
 )
 from connectors.klaviyo.oauth import KlaviyoOAuth, missing_scopes
 from klaviyo_sandbox.server import RunningSandbox
+from klaviyo_sandbox.testing import register_oauth_app
 
 REDIRECT_URI = "http://127.0.0.1:9/oauth/klaviyo/callback"  # never contacted: redirects are not followed
 T = TypeVar("T")
@@ -146,16 +147,6 @@ def account_of(world: World, recart_account_id: str) -> str:
     return run(read())
 
 
-def register_app(control: httpx2.Client, scopes: list[str]) -> dict[str, Any]:
-    """A new OAuth app at the sandbox with our redirect URI."""
-    response = control.post(
-        "/_sandbox/oauth/clients",
-        json={"name": "Recart", "redirect_uris": [REDIRECT_URI], "scopes": scopes},
-    )
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
 @pytest.fixture
 def make_world(
     make_sandbox: Callable[..., RunningSandbox],
@@ -174,7 +165,8 @@ def make_world(
     ) -> World:
         running = make_sandbox(seed="empty", rate_limits="off", **sandbox_options)
         ctl = control(running)
-        app = register_app(ctl, app_scopes if app_scopes is not None else list(REQUIRED_SCOPES))
+        scopes = app_scopes if app_scopes is not None else list(REQUIRED_SCOPES)
+        app = register_oauth_app(ctl, REDIRECT_URI, scopes)
         key = Fernet.generate_key().decode()
         store = ConnectionStore(tmp_path / f"state-{len(stores)}.db", key, clock=store_clock)
         stores.append(store)
