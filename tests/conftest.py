@@ -10,6 +10,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,33 @@ def _remove_dbt_target_folders_of_test_warehouses() -> Iterator[None]:
     yield
     for folder in set(target.glob("warehouse-*")) - before:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def materialize_dbt() -> Callable[..., dg.ExecuteInProcessResult]:
+    """Materialize the dbt assets through Dagster against a warehouse file, as of ``as_of`` (a
+    datetime, or a string passed as given), as the Dagster asset runs them; failures are returned,
+    not raised."""
+    from orchestration.assets import dbt as dbt_assets  # needs the dbt manifest (pytest_configure)
+
+    def materialize(
+        warehouse_path: str | Path,
+        as_of: datetime | str,
+        selection: Any = None,
+        instance: dg.DagsterInstance | None = None,
+    ) -> dg.ExecuteInProcessResult:
+        config = dbt_assets.DbtBuildConfig(as_of=as_of if isinstance(as_of, str) else as_of.isoformat())
+        warehouse = WarehouseResource(path=str(warehouse_path))
+        return dg.materialize(
+            [dbt_assets.warehouse_dbt_assets],
+            selection=selection,
+            resources={"dbt": dbt_assets.dbt_resource(), "warehouse": warehouse},
+            run_config=dg.RunConfig(ops={"warehouse_dbt_assets": config}),
+            instance=instance or dg.DagsterInstance.ephemeral(),
+            raise_on_error=False,
+        )
+
+    return materialize
 
 
 @pytest.fixture(scope="session")

@@ -18,9 +18,8 @@ import dagster as dg
 import duckdb
 from warehouse_scenario import AS_OF, CAMPAIGNS, FLOWS, SEGMENT_USAGES, build_warehouse, day
 
-from orchestration.assets.dbt import DbtBuildConfig, dbt_resource, warehouse_dbt_assets
+from orchestration.assets.dbt import warehouse_dbt_assets
 from orchestration.dbt_manifest import DBT_PROJECT_DIR
-from orchestration.resources import WarehouseResource
 from warehouse.duckdb_file import write_lock
 
 if TYPE_CHECKING:  # the fixture's class; a runtime `from conftest import` is ambiguous
@@ -239,7 +238,7 @@ def test_adding_a_segment_file_is_enough(built_warehouse: BuiltWarehouse, dbt_in
     assert "literal string" in str(dbt_in_process.last_result.result or dbt_in_process.last_result.exception)
 
 
-def test_dagster_materializes_the_dbt_assets(tmp_path: Path):
+def test_dagster_materializes_the_dbt_assets(tmp_path: Path, materialize_dbt):
     """Through Dagster, once, while a loader holds the warehouse write lock for its first 2 seconds."""
     database = tmp_path / "warehouse.duckdb"
     build_warehouse(database)
@@ -254,13 +253,7 @@ def test_dagster_materializes_the_dbt_assets(tmp_path: Path):
     loader.start()
     locked.wait(5)
     started = time.monotonic()
-    result = dg.materialize(
-        [warehouse_dbt_assets],
-        resources={"dbt": dbt_resource(), "warehouse": WarehouseResource(path=str(database))},
-        run_config=dg.RunConfig(ops={"warehouse_dbt_assets": DbtBuildConfig(as_of=AS_OF.isoformat())}),
-        instance=dg.DagsterInstance.ephemeral(),
-        raise_on_error=False,
-    )
+    result = materialize_dbt(database, AS_OF)
     loader.join()
     assert result.success, [e.event_specific_data for e in result.all_events if e.is_failure]
     assert time.monotonic() - started >= 2  # it waited for the loader instead of failing on DuckDB's lock

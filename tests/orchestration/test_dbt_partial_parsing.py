@@ -9,8 +9,6 @@ different ``as_of`` parse once. dbt's own log (``dbt.log`` in that folder) says 
 from __future__ import annotations
 
 import json
-import shutil
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -19,35 +17,17 @@ import duckdb
 import pytest
 
 from orchestration.assets import dbt as dbt_assets
-from orchestration.resources import WarehouseResource
 from tests.dbt.warehouse_scenario import AS_OF, build_warehouse
 
 USAGE = dg.AssetKey(["marts", "klaviyo_group_usage"])
 
 
 @pytest.fixture
-def scenario_warehouse(tmp_path: Path) -> Iterator[Path]:
-    """The dbt tests' scenario warehouse; its dbt target folder is removed afterwards."""
+def scenario_warehouse(tmp_path: Path) -> Path:
+    """The dbt tests' scenario warehouse (its dbt target folder goes with the session: tests/conftest.py)."""
     database = (tmp_path / "warehouse.duckdb").resolve()
     build_warehouse(database)
-    yield database
-    shutil.rmtree(dbt_assets.dbt_target_path(database), ignore_errors=True)
-
-
-def _build(database: Path, as_of: datetime | str) -> dg.ExecuteInProcessResult:
-    return dg.materialize(
-        [dbt_assets.warehouse_dbt_assets],
-        resources={"dbt": dbt_assets.dbt_resource(), "warehouse": WarehouseResource(path=str(database))},
-        run_config=dg.RunConfig(
-            ops={
-                "warehouse_dbt_assets": dbt_assets.DbtBuildConfig(
-                    as_of=as_of if isinstance(as_of, str) else as_of.isoformat()
-                )
-            }
-        ),
-        instance=dg.DagsterInstance.ephemeral(),
-        raise_on_error=False,
-    )
+    return database
 
 
 def _parse_events(log: Path, start: int) -> list[str]:
@@ -75,11 +55,13 @@ def _as_of_in_usage(database: Path) -> set[datetime]:
         conn.close()
 
 
-def test_the_second_build_of_a_warehouse_parses_partially_with_another_as_of(scenario_warehouse: Path):
+def test_the_second_build_of_a_warehouse_parses_partially_with_another_as_of(
+    scenario_warehouse: Path, materialize_dbt
+):
     log = dbt_assets.dbt_target_path(scenario_warehouse) / "dbt.log"
     assert not log.exists()
 
-    first = _build(scenario_warehouse, AS_OF)
+    first = materialize_dbt(scenario_warehouse, AS_OF)
     assert first.success, [e.event_specific_data for e in first.all_events if e.is_failure]
     first_parse = _parse_events(log, 0)
     # A new folder: dagster-dbt copied target/partial_parse.msgpack, made for another profile.
@@ -88,7 +70,7 @@ def test_the_second_build_of_a_warehouse_parses_partially_with_another_as_of(sce
 
     size = log.stat().st_size
     next_day = AS_OF + timedelta(days=1)
-    second = _build(scenario_warehouse, next_day)
+    second = materialize_dbt(scenario_warehouse, next_day)
     assert second.success, [e.event_specific_data for e in second.all_events if e.is_failure]
     second_parse = _parse_events(log, size)
     assert second_parse and all(name.startswith("PartialParsingEnabled") for name in second_parse), (
@@ -101,8 +83,10 @@ def test_the_second_build_of_a_warehouse_parses_partially_with_another_as_of(sce
     assert checks and all(check.passed for check in checks)
 
 
-def test_an_as_of_that_is_not_an_iso_time_fails_the_build_naming_recart_as_of(scenario_warehouse: Path):
-    result = _build(scenario_warehouse, "yesterday")
+def test_an_as_of_that_is_not_an_iso_time_fails_the_build_naming_recart_as_of(
+    scenario_warehouse: Path, materialize_dbt
+):
+    result = materialize_dbt(scenario_warehouse, "yesterday")
     assert not result.success
     failures = " ".join(str(e.event_specific_data) for e in result.all_events if e.is_failure)
     log = (dbt_assets.dbt_target_path(scenario_warehouse) / "dbt.log").read_text()

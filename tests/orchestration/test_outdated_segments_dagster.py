@@ -17,7 +17,6 @@ from pathlib import Path
 import dagster as dg
 from test_segment_sync import SHOP, current_members, last_synced, member_metadata, sync
 
-from orchestration.assets import dbt as dbt_assets
 from orchestration.assets.recart import LandingZoneResource, raw_automated_flows, raw_segment_usages
 
 USAGE = dg.AssetKey(["marts", "klaviyo_group_usage"])
@@ -56,21 +55,12 @@ def _load_recart(world, landing: Path, instance: dg.DagsterInstance) -> None:
     assert result.success
 
 
-def _build_dbt(world, instance: dg.DagsterInstance, as_of: datetime) -> dict[str, tuple]:
+def _build_dbt(world, materialize_dbt, instance: dg.DagsterInstance, as_of: datetime) -> dict[str, tuple]:
     """Build klaviyo_group_usage as of ``as_of``.
 
     Returns {group_id: (is_in_use, last_used_at, is_outdated, last_synced_at)} of SHOP.
     """
-    result = dg.materialize(
-        [dbt_assets.warehouse_dbt_assets],
-        selection=DBT_SELECTION,
-        resources={"dbt": dbt_assets.dbt_resource(), "warehouse": world.warehouse},
-        run_config=dg.RunConfig(
-            ops={"warehouse_dbt_assets": dbt_assets.DbtBuildConfig(as_of=as_of.isoformat())}
-        ),
-        instance=instance,
-        raise_on_error=False,
-    )
+    result = materialize_dbt(world.warehouse.path, as_of, selection=DBT_SELECTION, instance=instance)
     assert result.success, [e.event_specific_data for e in result.all_events if e.is_failure]
     assert USAGE in {e.materialization.asset_key for e in result.get_asset_materialization_events()}
     with world.warehouse.read() as conn:
@@ -83,7 +73,7 @@ def _build_dbt(world, instance: dg.DagsterInstance, as_of: datetime) -> dict[str
 
 
 def test_a_segment_unused_for_15_days_stops_syncing_until_resynced_or_used_again(
-    world, tmp_path, monkeypatch
+    world, tmp_path, monkeypatch, materialize_dbt
 ):
     # Only tests whose every parent is selected: the others read models this subset does not build.
     monkeypatch.setenv("DBT_INDIRECT_SELECTION", "cautious")
@@ -124,15 +114,15 @@ def test_a_segment_unused_for_15_days_stops_syncing_until_resynced_or_used_again
         ],
     )
     _load_recart(world, landing, instance)
-    usage = _build_dbt(world, instance, day(0.5))
+    usage = _build_dbt(world, materialize_dbt, instance, day(0.5))
     assert usage[clicked][:3] == (True, day(0.5), False)
     assert usage[engaged][0] and not usage[engaged][2]
 
     # Day 1: the flow is paused. 14 days later the segments are not outdated yet, 15 days later they are.
     _land(landing, "automated_flows", "day-01.jsonl", [_flow("paused", day(1))])
     _load_recart(world, landing, instance)
-    assert _build_dbt(world, instance, day(14.5))[clicked][:3] == (False, day(1), False)
-    usage = _build_dbt(world, instance, day(15.5))
+    assert _build_dbt(world, materialize_dbt, instance, day(14.5))[clicked][:3] == (False, day(1), False)
+    usage = _build_dbt(world, materialize_dbt, instance, day(15.5))
     synced_on_day0 = last_synced(world, clicked)
     assert usage[clicked] == (False, day(1), True, synced_on_day0)
     assert usage[engaged][2] and usage[unused][2]  # never used: outdated 15 days after first seen
@@ -156,7 +146,7 @@ def test_a_segment_unused_for_15_days_stops_syncing_until_resynced_or_used_again
     # Day 16: the flow is active again; both segments are back in the daily sync, the unused one is not.
     _land(landing, "automated_flows", "day-16.jsonl", [_flow("active", day(16))])
     _load_recart(world, landing, instance)
-    usage = _build_dbt(world, instance, day(16.5))
+    usage = _build_dbt(world, materialize_dbt, instance, day(16.5))
     assert usage[clicked][:3] == (True, day(16.5), False) and not usage[engaged][2]
     before = {gid: last_synced(world, gid) for gid in (clicked, engaged, unused)}
     assert sync(world, instance=instance).success
