@@ -11,11 +11,16 @@
 #}
 {% macro latest_changes(relation, key_columns) -%}
     {%- if is_incremental() -%}
+    {%- set keys = key_columns | join(', ') -%}
     {%- set changes_since_watermark -%}
     (
         select *
         from {{ relation }}
-        {{- changed_keys_filter(relation, key_columns) }}
+        where ({{ keys }}) in (
+            select {{ keys }}
+            from {{ relation }}
+            where _loaded_at >= {{ incremental_watermark() }}
+        )
     ) as changes_since_watermark
     {%- endset -%}
     {{ latest_of_few_changes(changes_since_watermark, key_columns) }}
@@ -27,17 +32,6 @@
 {% macro change_order() -%}
     updated_at desc, _loaded_at desc, _file desc, _row desc
 {%- endmacro %}
-
-{% macro changed_keys_filter(relation, key_columns) -%}
-    {%- if is_incremental() %}
-    where ({{ key_columns | join(', ') }}) in (
-        select {{ key_columns | join(', ') }}
-        from {{ relation }}
-        where _loaded_at >= {{ incremental_watermark() }}
-    )
-    {%- endif %}
-{%- endmacro %}
-
 
 {#
     latest_of_few_changes(relation, keys): the latest row per key of `relation` (a table or a CTE
