@@ -27,7 +27,7 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from klaviyo_sandbox.seed import DEMO_OAUTH_CLIENT_ID, DEMO_OAUTH_CLIENT_SECRET, DEMO_REDIRECT_URIS
 from klaviyo_sandbox.server import RunningSandbox
 from klaviyo_sandbox.store import Store
-from klaviyo_sandbox.testing import KlaviyoTestClient
+from klaviyo_sandbox.testing import KlaviyoTestClient, register_oauth_app
 
 REDIRECT_URI = "http://127.0.0.1:9/klaviyo/callback"  # never contacted: redirects are not followed
 SCOPES = ["accounts:read", "lists:read", "profiles:read"]
@@ -149,12 +149,7 @@ def redirect_query(response: httpx2.Response, redirect_uri: str = REDIRECT_URI) 
 
 def register_app(running: RunningSandbox, http: httpx2.Client, scopes: list[str] = SCOPES) -> OAuthApp:
     """Register a fresh OAuth app through the control API."""
-    response = http.post(
-        "/_sandbox/oauth/clients",
-        json={"name": "Recart <Test>", "redirect_uris": [REDIRECT_URI], "scopes": scopes},
-    )
-    assert response.status_code == 201, response.text
-    body = response.json()
+    body = register_oauth_app(http, REDIRECT_URI, scopes, name="Recart <Test>")
     return OAuthApp(
         running=running, http=http, client_id=body["client_id"], client_secret=body["client_secret"]
     )
