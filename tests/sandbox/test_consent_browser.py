@@ -14,6 +14,8 @@ import pytest
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from playwright.sync_api import sync_playwright
 
+from klaviyo_sandbox.testing import register_oauth_app
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
     "--headless",
@@ -64,10 +66,7 @@ def test_person_allows_or_denies_on_the_consent_page(
     redirect, seen = callback_server
     running = make_sandbox(seed="empty", rate_limits="off")
     ctl = control(running)
-    app = ctl.post(
-        "/_sandbox/oauth/clients",
-        json={"name": "Recart", "redirect_uris": [redirect], "scopes": ["accounts:read", "lists:read"]},
-    ).json()
+    app = register_oauth_app(ctl, redirect, ["accounts:read", "lists:read"])
     accounts = ctl.get("/_sandbox/accounts").json()["data"]
     verifier = secrets.token_urlsafe(48)
     query = urlencode(
