@@ -17,7 +17,11 @@ One run per entity:
 3. **Publish** in one write transaction: attach the staging file, decide again against the current
    ``loaded_files`` (another run may have loaded the same file meanwhile), append the staged rows,
    the validated Parquet rows (same SELECT, straight from the landing file), the rejections and the
-   ``loaded_files`` records, commit.
+   ``loaded_files`` records, commit. The rows' ``_loaded_at`` is taken here, under the write lock
+   that every dbt build also holds: a row can never become visible with a ``_loaded_at`` older
+   than a build that has already run, so incremental models need no long look-back for late
+   commits (``incremental_lookback_hours``). ``loaded_files.loaded_at`` keeps the run's start,
+   taken before any file was read (step 1 compares file modification times with it).
 
 Rows are appended as given (change data): dbt picks the latest ``updated_at`` per key and honours
 ``deleted``. Blank lines are not records; fields the contract does not name are ignored.
@@ -687,6 +691,8 @@ def _publish(
 ) -> tuple[FileOutcome, ...]:
     columns = ", ".join(["account_id", *(c.name for c in spec.columns), "_file", "_row"])
     with write_connection(warehouse) as conn:
+        # The rows' _loaded_at: now, holding the lock a dbt build holds too (see the module doc).
+        published_at = datetime.now(UTC)
         ensure_tables(conn)
         conn.execute(f"attach {_lit(str(stage_path))} as stage (read_only)")
         try:
@@ -746,23 +752,23 @@ def _publish(
                 conn.execute(
                     f"insert into {spec.qualified_table} ({columns}, _loaded_at)"
                     f" select {columns}, ? from ({item.direct_sql}) where reason is null",
-                    [loaded_at],
+                    [published_at],
                 )
             conn.execute(
                 f"insert into {spec.qualified_table} ({columns}, _loaded_at)"
                 f" select {columns}, ? from stage.rows where reason is null and _file in {full_files}",
-                [loaded_at],
+                [published_at],
             )
             conn.execute(
                 f"insert into {SCHEMA}.rejections"
                 " select account_id, ?, _file, _row, reason, raw_line, ? from stage.rows"
                 f" where reason is not null and _file in {full_files}",
-                [spec.name, loaded_at],
+                [spec.name, published_at],
             )
             conn.execute(
                 f"insert into {SCHEMA}.rejections select account_id, ?, _file, null, rejection, null, ?"
                 " from decided where rejection is not null",
-                [spec.name, loaded_at],
+                [spec.name, published_at],
             )
             conn.execute(
                 f"insert into {SCHEMA}.loaded_files select ?, account_id, _file, size_bytes, sha256,"

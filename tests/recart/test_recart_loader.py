@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from connectors.recart.loader import load_entity
 from tests.recart.landing_helpers import Landing, subscriber
+from warehouse.duckdb_file import write_lock
 
 ACME = "acme-outdoor"
 
@@ -265,6 +267,31 @@ def test_second_run_loads_nothing_and_a_new_file_loads_alone(landing: Landing):
         (4, 2)
     ]
     assert landing.query("select count(*) from recart.loaded_files") == [(3,)]
+
+
+def test_rows_are_stamped_when_published_under_the_write_lock(landing: Landing):
+    """_loaded_at is taken holding the lock a dbt build holds: never older than a build that ran.
+
+    A build holds the lock here while the load waits to publish; the rows must carry a time after
+    the build let go, although the load started (and read its files) before.
+    """
+    landing.jsonl("subscribers", ACME, "1.jsonl", [subscriber("s1")])
+    landing.parquet(
+        "subscribers", ACME, "2.parquet",
+        "select 's2' as subscriber_id, timestamptz '2026-01-01 00:00:00+00' as updated_at",
+    )  # fmt: skip
+    with ThreadPoolExecutor(1) as pool:
+        with write_lock(landing.warehouse):  # "a dbt build"
+            loading = pool.submit(load_entity, "subscribers", landing.root, landing.warehouse)
+            time.sleep(1.0)
+            assert not loading.done()  # staged, waiting to publish
+            build_finished = datetime.now(UTC)
+        result = loading.result(timeout=60)
+    assert result.rows_loaded == 2 and result.loaded_at < build_finished
+    stamps = landing.query("select min(_loaded_at), max(_loaded_at) from recart.raw_subscribers")[0]
+    assert stamps[0] == stamps[1] and stamps[0] >= build_finished  # JSON Lines and Parquet rows alike
+    # the run's start stays on loaded_files: file modification times are compared with it
+    assert landing.query("select max(loaded_at) from recart.loaded_files") == [(result.loaded_at,)]
 
 
 def test_touched_but_identical_file_is_not_reloaded(landing: Landing):
