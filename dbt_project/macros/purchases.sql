@@ -25,7 +25,10 @@
 {% macro matched_purchases(order_keys=none) -%}
     with
 
-    order_changes as not materialized (
+    -- the few orders' changes are read twice below (deduplication, guest emails): materialized,
+    -- one scan of raw_orders instead of two (0.3 s of a daily build at 10M orders); all of
+    -- them (a full build) would cost more to hold than to scan twice
+    order_changes as {{ 'materialized' if order_keys else 'not materialized' }} (
 
         select * from {{ source('recart', 'raw_orders') }}
         {%- if order_keys %}
