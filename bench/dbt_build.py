@@ -7,16 +7,20 @@ phones) in 10 accounts, 10M orders with 12M lines, 20k products with tags, and 5
 membership spells of ~1.3M profiles (some subscribers have two: one by email, one by phone) over
 22 groups per account, with flows, campaigns and segment usages.
 
-dbt runs as in production (``orchestration/assets/dbt.py``): the "now" of a build comes through
-``RECART_AS_OF`` (not ``--vars``, which would force a full re-parse), unit tests are left out
-(they run in ``make test``), and every invocation shares one target folder, so after one
-``dbt parse`` — untimed, reported as ``parse_s``: the deployment's parse (``make dbt-parse``,
-dagster-dbt's prepare) — each build parses only what changed.
+dbt runs as in production (``orchestration/assets/dbt.py``): in the process of a Dagster step,
+which has imported the definitions (and so dbt) before the build starts, through ``run_dbt``;
+the "now" of a build comes through ``RECART_AS_OF`` (not ``--vars``, which would force a full
+re-parse), unit tests are left out (they run in ``make test``), and every invocation shares one
+target folder, so after one ``dbt parse`` — untimed, reported as ``parse_s``: the deployment's
+parse (``make dbt-parse``, dagster-dbt's prepare) — each build parses only what changed.
 
-Timed runs, each in its own process (memory is the peak RSS of that process tree):
+Each run has its own process (memory is its peak RSS); what is timed is the work inside it, after
+the imports: dbt's invocation, and for the floor the DuckDB script (both sides alike).
 
 0. dbt's fixed cost per invocation (``dbt_noop_build_s``): ``dbt build`` of one view model that
-   scans nothing (``NOOP_MODEL``, no tests) — start-up, partial parse, graph, connection, cache;
+   scans nothing (``NOOP_MODEL``, no tests) — partial parse, graph, connection, cache. For
+   comparison, the same build through the ``dbt`` command line, as a subprocess
+   (``dbt_noop_cli_s``: a second Python importing dbt; what Dagster builds paid until now);
 1. ``dbt build`` from scratch (models and data tests; ``--full-refresh``);
 2. a day later: one day of changes lands (new and changed subscribers and orders, membership
    joins and leaves as the segment sync writes them), then ``dbt build`` again — incremental
@@ -55,7 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from connectors.recart.models import all_ddl  # noqa: E402
-from orchestration.dbt_manifest import DBT_EXECUTABLE, DBT_PROJECT_DIR  # noqa: E402
+from orchestration.dbt_manifest import DBT_EXECUTABLE  # noqa: E402
 from warehouse.klaviyo_membership import SCHEMA_SQL as KLAVIYO_SCHEMA_SQL  # noqa: E402
 
 ACCOUNTS = 10
@@ -469,18 +473,23 @@ where joined_abandoned is not null and (last_order_at is null or last_order_at <
 
 
 def floor(path: str, as_of: str) -> None:
-    """Run the hand-written SQL (in its own process, like dbt)."""
+    """Run the hand-written SQL (in its own process, like dbt); prints the seconds it took."""
+    started = time.perf_counter()
     conn = duckdb.connect(path)
     conn.execute("set timezone = 'UTC'")
     conn.execute(FLOOR_SQL.replace("$as_of", f"timestamptz '{as_of}'"))
     conn.close()
+    print(f"{WORK_SECONDS}{time.perf_counter() - started}")
 
 
 # ---------------------------------------------------------------------------- timing
 
+WORK_SECONDS = "WORK_SECONDS="  # a timed child prints this, then the seconds its work took
+
 
 def timed(args: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
-    """Run ``args`` in a child process: wall seconds, its peak RSS in MB, and its output."""
+    """Run ``args`` in a child process: the seconds of its work (what it printed after
+    ``WORK_SECONDS=``, else its wall time), its peak RSS in MB, and its output."""
     probe = (
         "import resource, subprocess, sys\n"
         "result = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
@@ -500,28 +509,44 @@ def timed(args: list[str], env: dict[str, str] | None = None) -> tuple[float, fl
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(args[:4])} failed:\n{done.stdout[-8000:]}\n{done.stderr[-3000:]}")
     peak_kb = int(done.stdout.rsplit("PEAK_RSS_KB=", 1)[1].split()[0])
+    if WORK_SECONDS in done.stdout:
+        seconds = float(done.stdout.rsplit(WORK_SECONDS, 1)[1].split()[0])
     return seconds, peak_kb / 1024, done.stdout
 
 
-def dbt(command: list[str], database: Path, work: Path, as_of: datetime) -> tuple[float, float, str]:
-    """``dbt <command>`` as the Dagster asset runs it: as_of in RECART_AS_OF, one lasting target folder.
+# A Dagster step's process: the definitions imported (untimed), then one timed in-process dbt run.
+DAGSTER_STEP = f"""
+import json, sys, time
+sys.path.insert(0, {str(ROOT)!r})
+import orchestration.definitions
+from orchestration.assets.dbt import run_dbt
+started = time.perf_counter()
+run = run_dbt(json.loads(sys.argv[1]))
+print("{WORK_SECONDS}" + str(time.perf_counter() - started))
+sys.exit(0 if run.success else run.failure())
+"""
 
-    Returns wall seconds, peak MB, and what dbt wrote to its log file meanwhile.
+
+def dbt(
+    command: list[str], database: Path, work: Path, as_of: datetime, cli: bool = False
+) -> tuple[float, float, str]:
+    """``dbt <command>`` as the Dagster asset runs it (``run_dbt`` in a step's process; ``cli``: as
+    a ``dbt`` subprocess instead), as_of in RECART_AS_OF, one lasting target folder.
+
+    Returns the seconds of the dbt invocation, peak MB, and what dbt wrote to its log meanwhile.
     """
     # Imported here, not at the top: the floor's timed process imports this module too, and must
     # not pay for Dagster's import.
-    from orchestration.assets.dbt import DbtBuildConfig, build_environment
+    from orchestration.assets.dbt import DbtBuildConfig, build_environment, location_args
 
-    args = [
-        DBT_EXECUTABLE, *command,
-        "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR),
-        "--target-path", str(work / "target"), "--log-path", str(work / "logs"),
-    ]  # fmt: skip
-    log = work / "logs" / "dbt.log"
+    args = [*command, *location_args(work / "target")]
+    log = work / "target" / "dbt.log"
     start = log.stat().st_size if log.exists() else 0
-    seconds, peak_mb, _ = timed(
-        args, env=build_environment(DbtBuildConfig(as_of=as_of.isoformat()), database)
-    )
+    environment = build_environment(DbtBuildConfig(as_of=as_of.isoformat()), database)
+    if cli:
+        seconds, peak_mb, _ = timed([DBT_EXECUTABLE, *args], env=environment)
+    else:
+        seconds, peak_mb, _ = timed([sys.executable, "-c", DAGSTER_STEP, json.dumps(args)], env=environment)
     with log.open("rb") as file:
         file.seek(start)
         return seconds, peak_mb, file.read().decode(errors="replace")
@@ -619,10 +644,14 @@ def main(argv: list[str] | None = None) -> None:
         # The deployment's parse (make dbt-parse, dagster-dbt's prepare): not part of a build.
         parse_seconds, _, _ = dbt(["parse"], database, work, DAY1)
         print(f"dbt parse: {parse_seconds:.1f}s", flush=True)
-        noop_seconds, _, noop_log = dbt(
-            ["build", "--select", NOOP_MODEL, "--resource-type", "model"], database, work, DAY1
+        noop = ["build", "--select", NOOP_MODEL, "--resource-type", "model"]
+        noop_seconds, _, noop_log = dbt(noop, database, work, DAY1)
+        noop_cli_seconds, _, _ = dbt(noop, database, work, DAY1, cli=True)
+        print(
+            f"no-op dbt build ({NOOP_MODEL}): {noop_seconds:.2f}s in process, {noop_cli_seconds:.2f}s as a"
+            " dbt subprocess",
+            flush=True,
         )
-        print(f"no-op dbt build ({NOOP_MODEL}): {noop_seconds:.2f}s", flush=True)
 
         full_seconds, full_mb, full_log = dbt_build(database, work, DAY1, full_refresh=True)
         full_slowest, full_by_type = node_seconds(work)
@@ -653,7 +682,9 @@ def main(argv: list[str] | None = None) -> None:
         daily_agreement = compare_with_floor(database)
         print(f"daily segments vs floor: {daily_agreement}", flush=True)
 
-        tiny_full_seconds, tiny_daily_seconds = tiny_builds(work, args.subscribers, args.orders, args.memberships)
+        tiny_full_seconds, tiny_daily_seconds = tiny_builds(
+            work, args.subscribers, args.orders, args.memberships
+        )
         print(
             f"the same builds at a thousandth the size (dbt's own cost): full {tiny_full_seconds:.1f}s,"
             f" daily {tiny_daily_seconds:.1f}s",
@@ -669,6 +700,7 @@ def main(argv: list[str] | None = None) -> None:
             "generate_s": round(generate_seconds, 1),
             "parse_s": round(parse_seconds, 1),
             "dbt_noop_build_s": round(noop_seconds, 2),
+            "dbt_noop_cli_s": round(noop_cli_seconds, 2),
             # Timed invocations that parsed from scratch (0 unless profile, vars or dbt_project.yml changed).
             "reparsed_invocations": sum(map(reparsed, (noop_log, full_log, daily_log))),
             "full_build_s": round(full_seconds, 1),

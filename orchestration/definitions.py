@@ -36,6 +36,5 @@ defs = dg.Definitions(
         ),
         "warehouse": WarehouseResource(path=dg.EnvVar("WAREHOUSE_DUCKDB_PATH")),
         "landing": LandingZoneResource(path=dg.EnvVar("RECART_LANDING_PATH")),
-        "dbt": dbt.dbt_resource(),
     },
 )

@@ -101,7 +101,7 @@ def recart_and_dbt(instance: dg.DagsterInstance, warehouse: WarehouseResource) -
             instance=instance,
             # dbt's source tests run by indirect selection and are logged as observations (warnings)
             run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
-            resources={"dbt": dbt_assets.dbt_resource(), "warehouse": warehouse},
+            resources={"warehouse": warehouse},
         )
     print(
         f"  dbt build through Dagster: {'ok' if built.success else 'FAILED'} "

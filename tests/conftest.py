@@ -64,7 +64,7 @@ def materialize_dbt() -> Callable[..., dg.ExecuteInProcessResult]:
         return dg.materialize(
             [dbt_assets.warehouse_dbt_assets],
             selection=selection,
-            resources={"dbt": dbt_assets.dbt_resource(), "warehouse": warehouse},
+            resources={"warehouse": warehouse},
             run_config=dg.RunConfig(ops={"warehouse_dbt_assets": config}),
             instance=instance or dg.DagsterInstance.ephemeral(),
             raise_on_error=False,

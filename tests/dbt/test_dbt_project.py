@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime
@@ -239,7 +241,11 @@ def test_adding_a_segment_file_is_enough(built_warehouse: BuiltWarehouse, dbt_in
 
 
 def test_dagster_materializes_the_dbt_assets(tmp_path: Path, materialize_dbt):
-    """Through Dagster, once, while a loader holds the warehouse write lock for its first 2 seconds."""
+    """Through Dagster, once, while a loader holds the warehouse write lock for its first 2 seconds.
+
+    dbt runs inside this process (run_dbt): when the build is done, its DuckDB file must be free
+    for another process to write.
+    """
     database = tmp_path / "warehouse.duckdb"
     build_warehouse(database)
     locked, release = threading.Event(), threading.Event()
@@ -273,6 +279,11 @@ def test_dagster_materializes_the_dbt_assets(tmp_path: Path, materialize_dbt):
         )  # brit: US default
     finally:
         conn.close()
+    write = "import duckdb, sys; duckdb.connect(sys.argv[1]).execute('create table t (i int)')"
+    writer = subprocess.run(
+        [sys.executable, "-c", write, str(database)], capture_output=True, text=True, timeout=60
+    )
+    assert writer.returncode == 0, writer.stderr  # dbt's connection in this process was closed
 
 
 def test_dbt_asset_keys_groups_and_lineage():
