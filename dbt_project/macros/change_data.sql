@@ -6,8 +6,8 @@
 
     In an incremental model it reads only the keys that have changes loaded since the model's
     watermark (max(loaded_at) of {{ this }}, less var('incremental_lookback_hours') for clock
-    steps and hand-written loads; the loader stamps rows under the lock a build holds) — and for those keys their whole history, so a late-arriving older row
-    never wins over a newer one.
+    steps and hand-written loads; the loader stamps rows under the lock a build holds) — and for
+    those keys their whole history, so a late-arriving older row never wins over a newer one.
 #}
 {% macro latest_changes(relation, key_columns) -%}
     {%- if is_incremental() -%}

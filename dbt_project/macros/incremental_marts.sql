@@ -106,10 +106,13 @@
 {%- endmacro %}
 
 
-{# Where tests of an incremental model start reading when they check recent rows only (see primary_key). #}
+{#
+    Where tests of an incremental model start reading when they check recent rows only (see
+    primary_key): var('data_tests_recent_hours') before the newest load.
+#}
 {% macro recent_rows_start(relation, column) -%}
     (
-        select {{ dbt.dateadd('hour', -1 * var('incremental_lookback_hours'), 'max(' ~ column ~ ')') }}
+        select {{ dbt.dateadd('hour', -1 * var('data_tests_recent_hours'), 'max(' ~ column ~ ')') }}
         from {{ relation }}
     )
 {%- endmacro %}

@@ -367,3 +367,34 @@ def test_relationship_tests_find_a_missing_parent_both_ways(
     assert (lines.status, lines.failures) == ("warn", 1)
     assert (members.status, members.failures) == ("fail", 1)
     assert all(r.status == "pass" for r in results.values() if r not in (lines, members))
+
+
+def test_recent_row_tests_cover_a_day_of_loads_not_just_the_look_back(
+    built_warehouse: BuiltWarehouse, dbt_in_process, tmp_path: Path
+):
+    """The landing sensor loads all day and the build runs daily: a dangling line loaded five
+    hours before the day's last load must still be reported (the incremental look-back is one
+    hour; the tests' window is data_tests_recent_hours)."""
+    database = built_warehouse.copy(tmp_path / "warehouse.duckdb")
+    conn = duckdb.connect(str(database))
+    try:
+        newest = conn.execute("select max(_loaded_at) from recart.raw_order_lines").fetchone()[0]
+        conn.execute(
+            "insert into recart.raw_order_lines select account_id, 'o-missing', line_id, product_id,"
+            " quantity, unit_price, updated_at, _file, _row + 1000, ? + interval 1 hour"
+            " from recart.raw_order_lines limit 1",
+            [newest],
+        )
+        conn.execute(  # the day's last load: a line of an existing order, six hours later
+            "insert into recart.raw_order_lines select account_id, order_id, line_id, product_id,"
+            " quantity, unit_price, updated_at, _file, _row + 2000, ? + interval 6 hour"
+            " from recart.raw_order_lines where order_id <> 'o-missing' limit 1",
+            [newest],
+        )
+    finally:
+        conn.close()
+    lines_tests = "source:recart.raw_order_lines,test_name:relationships_within_account"
+    dbt_in_process(["test", "--select", lines_tests], database)
+    results = {r.node.name: r for r in dbt_in_process.last_result.result.results}
+    lines = next(r for name, r in results.items() if "raw_order_lines_order_id" in name)
+    assert (lines.status, lines.failures) == ("warn", 1)

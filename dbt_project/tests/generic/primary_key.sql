@@ -3,7 +3,7 @@
     query for what unique_combination_of_columns and a not_null per column would check).
 
     recent_column (an incremental model's loaded_at): except under --full-refresh, check only the
-    rows loaded in the model's last var('incremental_lookback_hours') hours, against all rows with
+    rows loaded in the model's last var('data_tests_recent_hours') hours, against all rows with
     the same key, so a daily build does not re-check the whole table (older rows were checked when
     they were written; delete+insert replaces a key's rows whole).
 #}
