@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from dagster._utils.interrupts import raise_interrupts_as
 from dagster_dbt import DagsterDbtTranslator, DbtProject, dbt_assets
 from dagster_dbt.asset_utils import DBT_INDIRECT_SELECTION_ENV, get_updated_cli_invocation_params_for_context
 from dagster_dbt.core.dbt_cli_event import DbtCoreCliEventMessage
@@ -168,13 +169,13 @@ def build_environment(config: DbtBuildConfig, database: Path) -> dict[str, str]:
 def dbt_target_path(database: Path) -> Path:
     """dbt's target folder for builds of ``database`` (a resolved path): the same one every run.
 
-    dagster-dbt would give each run a new folder holding a copy of ``target/partial_parse.msgpack``,
-    but that parse was made for the default warehouse path, and the DuckDB path is part of the
-    profile that dbt checks before reusing a parse: every run re-parsed the project from scratch.
-    In its own lasting folder dbt reuses the parse it saved on the previous build of that warehouse
-    (and re-parses only changed files). dbt also writes its artifacts here (``manifest.json``,
-    ``run_results.json``, compiled SQL: dagster-dbt reads them through the invocation's
-    ``target_path``) and ``dbt.log`` (rotated by dbt).
+    The DuckDB path is part of the profile that dbt checks before reusing a saved parse, so a
+    parse made for another warehouse (dagster-dbt's default: a fresh folder per run with a copy of
+    ``target/partial_parse.msgpack``) meant a parse from scratch on every build. In its own lasting
+    folder dbt reuses the parse it saved on the previous build of that warehouse (and re-parses
+    only changed files). dbt also writes its artifacts here (``manifest.json``,
+    ``run_results.json``, compiled SQL: dagster-dbt reads them through ``target_path``) and
+    ``dbt.log`` (JSON lines, rotated by dbt).
     """
     digest = hashlib.sha256(str(database).encode()).hexdigest()[:12]
     return dbt_project.project_dir / dbt_project.target_path / f"warehouse-{digest}"
@@ -192,7 +193,10 @@ class DbtRun:
     # each node's result event as a dict, the shape of a line of dbt's JSON log
     result_events: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # dbt's error-level messages
-    exception: BaseException | None = None  # what stopped dbt itself (not a failed node)
+    exception: Exception | None = None  # what stopped dbt itself (not a failed node)
+    # Ctrl-C or a terminated Dagster run: dbt cancelled its query and stopped; the caller reports
+    # what finished and raises this again
+    interrupt: BaseException | None = None
 
     def failure(self) -> str:
         """Why it failed, for a Dagster failure: dbt's error messages, or the exception."""
@@ -218,7 +222,11 @@ def run_dbt(args: Sequence[str]) -> DbtRun:
 
     dbt keeps its DuckDB connection open for the whole invocation (``keep_open``); it is closed
     here afterwards, so that the warehouse file is free for other processes once this returns.
-    An interrupt (Ctrl-C, a Dagster run terminated) is raised again, not reported as a failure.
+
+    An interrupt (SIGINT: Ctrl-C, or Dagster terminating the run) reaches dbt as the
+    KeyboardInterrupt it handles — it cancels the running query and stops its worker — not as
+    Dagster's own interrupt error, which dbt would not recognise. It is returned in ``interrupt``
+    (with the results of the nodes that finished) for the caller to raise again.
     """
     from dbt.cli.main import dbtRunner  # the rest of dbt came with the definitions: 0.14 s more
     from dbt_common.events.functions import msg_to_dict
@@ -232,12 +240,15 @@ def run_dbt(args: Sequence[str]) -> DbtRun:
             run.errors.append(message.info.msg)
 
     try:
-        result = dbtRunner(callbacks=[collect]).invoke(list(args))
+        with raise_interrupts_as(KeyboardInterrupt):
+            result = dbtRunner(callbacks=[collect]).invoke(list(args))
     finally:
         _close_dbt_duckdb_connection()
-    if result.exception is not None and not isinstance(result.exception, Exception):
-        raise result.exception  # KeyboardInterrupt, DagsterExecutionInterruptedError
-    run.success, run.exception = result.success, result.exception
+    run.success = result.success
+    if isinstance(result.exception, Exception) or result.exception is None:
+        run.exception = result.exception
+    else:  # dbtRunner returns even an interrupt as the result's exception
+        run.interrupt = result.exception
     return run
 
 
@@ -298,6 +309,8 @@ def warehouse_dbt_assets(
         )
     )
     yield from segment_members_last(context, events)
+    if run.interrupt is not None:
+        raise run.interrupt
     if not run.success:
         raise dg.Failure(description=run.failure())
 

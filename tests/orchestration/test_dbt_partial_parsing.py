@@ -64,7 +64,7 @@ def test_the_second_build_of_a_warehouse_parses_partially_with_another_as_of(
     first = materialize_dbt(scenario_warehouse, AS_OF)
     assert first.success, [e.event_specific_data for e in first.all_events if e.is_failure]
     first_parse = _parse_events(log, 0)
-    # A new folder: dagster-dbt copied target/partial_parse.msgpack, made for another profile.
+    # A new folder: no saved parse yet for this warehouse's profile.
     assert first_parse and first_parse[0].startswith("UnableToPartialParse"), first_parse
     assert _as_of_in_usage(scenario_warehouse) == {AS_OF}
 
