@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -13,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from connectors.recart.loader import load_entity
+from connectors.recart.loader import LoadResult, ensure_tables, load_entity
 from tests.recart.landing_helpers import Landing, subscriber
-from warehouse.duckdb_file import write_lock
+from warehouse.duckdb_file import write_connection, write_lock
 
 ACME = "acme-outdoor"
 
@@ -272,19 +274,29 @@ def test_second_run_loads_nothing_and_a_new_file_loads_alone(landing: Landing):
 def test_rows_are_stamped_when_published_under_the_write_lock(landing: Landing):
     """_loaded_at is taken holding the lock a dbt build holds: never older than a build that ran.
 
-    A build holds the lock here while the load waits to publish; the rows must carry a time after
-    the build let go, although the load started (and read its files) before.
+    A build holds the lock while the load, its files already read and staged, waits to publish;
+    the rows must carry a time after the build let go.
     """
     landing.jsonl("subscribers", ACME, "1.jsonl", [subscriber("s1")])
     landing.parquet(
         "subscribers", ACME, "2.parquet",
         "select 's2' as subscriber_id, timestamptz '2026-01-01 00:00:00+00' as updated_at",
     )  # fmt: skip
+    with write_connection(landing.warehouse) as conn:
+        ensure_tables(conn)  # an existing warehouse: the load reads what is loaded without the lock
+    loader_thread: list[int] = []
+
+    def load() -> LoadResult:
+        loader_thread.append(threading.get_ident())
+        return load_entity("subscribers", landing.root, landing.warehouse)
+
     with ThreadPoolExecutor(1) as pool:
         with write_lock(landing.warehouse):  # "a dbt build"
-            loading = pool.submit(load_entity, "subscribers", landing.root, landing.warehouse)
-            time.sleep(1.0)
-            assert not loading.done()  # staged, waiting to publish
+            loading = pool.submit(load)
+            deadline = time.monotonic() + 30
+            while not _waits_in(loader_thread, "_publish") and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert _waits_in(loader_thread, "_publish")  # staged, waiting for the lock to publish
             build_finished = datetime.now(UTC)
         result = loading.result(timeout=60)
     assert result.rows_loaded == 2 and result.loaded_at < build_finished
@@ -292,6 +304,16 @@ def test_rows_are_stamped_when_published_under_the_write_lock(landing: Landing):
     assert stamps[0] == stamps[1] and stamps[0] >= build_finished  # JSON Lines and Parquet rows alike
     # the run's start stays on loaded_files: file modification times are compared with it
     assert landing.query("select max(loaded_at) from recart.loaded_files") == [(result.loaded_at,)]
+
+
+def _waits_in(thread: list[int], function: str) -> bool:
+    """Whether the thread (its ident, once started) is inside ``function`` right now."""
+    frame = sys._current_frames().get(thread[0]) if thread else None
+    while frame is not None:
+        if frame.f_code.co_name == function:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def test_touched_but_identical_file_is_not_reloaded(landing: Landing):
