@@ -19,8 +19,9 @@ the imports: dbt's invocation, and for the floor the DuckDB script (both sides a
 
 0. dbt's fixed cost per invocation (``dbt_noop_build_s``): ``dbt build`` of one view model that
    scans nothing (``NOOP_MODEL``, no tests) — partial parse, graph, connection, cache. For
-   comparison, the same build through the ``dbt`` command line, as a subprocess
-   (``dbt_noop_cli_s``: a second Python importing dbt; what Dagster builds paid until now);
+   comparison, the wall time of the same build as a ``dbt`` subprocess (``dbt_noop_cli_s``: a
+   second Python importing dbt; dagster-dbt's subprocess path also ran ``dbt --version``, 2.1 s,
+   and set up an adapter in the step before it, which this does not count);
 1. ``dbt build`` from scratch (models and data tests; ``--full-refresh``);
 2. a day later: one day of changes lands (new and changed subscribers and orders, membership
    joins and leaves as the segment sync writes them), then ``dbt build`` again — incremental
@@ -31,9 +32,11 @@ the imports: dbt's invocation, and for the floor the DuckDB script (both sides a
 
 4. dbt's own cost for this project (``tiny_full_build_s``, ``tiny_daily_build_s``): the same full
    and daily builds of a warehouse a thousandth the size, where the SQL has next to nothing to do
-   — dbt's start-up plus its ~30 ms of Python per model and test. No SQL work can take a build
-   below it, so ``daily_over_full_lower_bound`` (``tiny_daily_build_s`` ÷ ``full_build_s``) is the
-   best daily ratio this project's nodes allow at this scale.
+   — dbt's start-up plus its ~30 ms of Python per model and test. ``daily_dbt_cost_over_full``
+   (``tiny_daily_build_s`` ÷ ``full_build_s``) estimates the share of the full build a daily build
+   takes before any real SQL work: an estimate, not a bound (the tiny build still runs some SQL).
+
+Peak memory of a dbt build includes the Dagster definitions its process imported first.
 
 Targets: full build within 2× the floor, the daily build within 25 % of the full build.
 The floor's segment rows are compared with dbt's ``segment_members``. Ends with one JSON line.
@@ -581,8 +584,11 @@ def node_seconds(work: Path, count: int = 8) -> tuple[list[tuple[str, float]], d
     return slowest, totals
 
 
-def tiny_builds(work: Path, subscribers: int, orders: int, memberships: int) -> tuple[float, float]:
-    """The full and the daily build (seconds) of a warehouse a thousandth the size: dbt's own cost.
+def tiny_builds(
+    work: Path, subscribers: int, orders: int, memberships: int
+) -> tuple[float, float, list[str]]:
+    """The full and the daily build (seconds) of a warehouse a thousandth the size: dbt's own cost;
+    and the two builds' dbt logs.
 
     Its own folder and target (a different DuckDB path is a different profile: one untimed parse
     first, as for the main warehouse).
@@ -594,10 +600,10 @@ def tiny_builds(work: Path, subscribers: int, orders: int, memberships: int) -> 
     tiny_subscribers = max(subscribers // 1000, 100)
     generate(database, tiny_subscribers, max(orders // 1000, 1000), max(memberships // 1000, 500))
     dbt(["parse"], database, tiny_work, DAY1)
-    full_seconds, _, _ = dbt_build(database, tiny_work, DAY1, full_refresh=True)
+    full_seconds, _, full_log = dbt_build(database, tiny_work, DAY1, full_refresh=True)
     land_a_day(database, tiny_subscribers)
-    daily_seconds, _, _ = dbt_build(database, tiny_work, DAY2, full_refresh=False)
-    return full_seconds, daily_seconds
+    daily_seconds, _, daily_log = dbt_build(database, tiny_work, DAY2, full_refresh=False)
+    return full_seconds, daily_seconds, [full_log, daily_log]
 
 
 def compare_with_floor(database: Path) -> dict[str, int]:
@@ -682,7 +688,7 @@ def main(argv: list[str] | None = None) -> None:
         daily_agreement = compare_with_floor(database)
         print(f"daily segments vs floor: {daily_agreement}", flush=True)
 
-        tiny_full_seconds, tiny_daily_seconds = tiny_builds(
+        tiny_full_seconds, tiny_daily_seconds, tiny_logs = tiny_builds(
             work, args.subscribers, args.orders, args.memberships
         )
         print(
@@ -702,7 +708,7 @@ def main(argv: list[str] | None = None) -> None:
             "dbt_noop_build_s": round(noop_seconds, 2),
             "dbt_noop_cli_s": round(noop_cli_seconds, 2),
             # Timed invocations that parsed from scratch (0 unless profile, vars or dbt_project.yml changed).
-            "reparsed_invocations": sum(map(reparsed, (noop_log, full_log, daily_log))),
+            "reparsed_invocations": sum(map(reparsed, (noop_log, full_log, daily_log, *tiny_logs))),
             "full_build_s": round(full_seconds, 1),
             "full_build_peak_mb": round(full_mb),
             "floor_s": round(floor_seconds, 1),
@@ -715,8 +721,8 @@ def main(argv: list[str] | None = None) -> None:
             "target_daily_over_full": 0.25,
             "tiny_full_build_s": round(tiny_full_seconds, 1),
             "tiny_daily_build_s": round(tiny_daily_seconds, 1),
-            # a daily build that did no SQL work at all would still take this share of the full build
-            "daily_over_full_lower_bound": round(tiny_daily_seconds / full_seconds, 2),
+            # about the share of the full build a daily build takes before any real SQL work
+            "daily_dbt_cost_over_full": round(tiny_daily_seconds / full_seconds, 2),
             **agreement,
             "daily_differing_rows": daily_agreement["differing_rows"],
             "full_by_resource_type": full_by_type,
