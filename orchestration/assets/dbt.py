@@ -42,8 +42,13 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster._utils.interrupts import raise_interrupts_as
 from dagster_dbt import DagsterDbtTranslator, DbtProject, dbt_assets
+
+# Not public API (their versions are pinned by uv.lock): Dagster's SIGINT-to-exception helper, and
+# the two pieces of dagster-dbt's own `DbtCliResource.cli` that map a Dagster selection to dbt's
+# and dbt's result events to Dagster's. Reusing them keeps the in-process build's behaviour the
+# subprocess's.
+from dagster._utils.interrupts import raise_interrupts_as  # isort: skip
 from dagster_dbt.asset_utils import DBT_INDIRECT_SELECTION_ENV, get_updated_cli_invocation_params_for_context
 from dagster_dbt.core.dbt_cli_event import DbtCoreCliEventMessage
 
