@@ -8,7 +8,8 @@ membership spells of ~1.3M profiles (some subscribers have two: one by email, on
 22 groups per account, with flows, campaigns and segment usages.
 
 dbt runs as in production (``orchestration/assets/dbt.py``): in the process of a Dagster step,
-which has imported the definitions (and so dbt) before the build starts, through ``run_dbt``;
+which has imported the definitions (and so dbt) before the build starts, through
+``run_dbt_in_process``;
 the "now" of a build comes through ``RECART_AS_OF`` (not ``--vars``, which would force a full
 re-parse), unit tests are left out (they run in ``make test``), and every invocation shares one
 target folder, so after one ``dbt parse`` — untimed, reported as ``parse_s``: the deployment's
@@ -62,7 +63,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from connectors.recart.models import all_ddl  # noqa: E402
-from orchestration.dbt_manifest import DBT_EXECUTABLE  # noqa: E402
+from orchestration.dbt_manifest import DBT_EXECUTABLE, dbt_location_args  # noqa: E402
 from warehouse.klaviyo_membership import SCHEMA_SQL as KLAVIYO_SCHEMA_SQL  # noqa: E402
 
 ACCOUNTS = 10
@@ -522,9 +523,9 @@ DAGSTER_STEP = f"""
 import json, sys, time
 sys.path.insert(0, {str(ROOT)!r})
 import orchestration.definitions
-from orchestration.assets.dbt import run_dbt
+from orchestration.assets.dbt import run_dbt_in_process
 started = time.perf_counter()
-run = run_dbt(json.loads(sys.argv[1]))
+run = run_dbt_in_process(json.loads(sys.argv[1]))
 print("{WORK_SECONDS}" + str(time.perf_counter() - started))
 sys.exit(0 if run.success else run.failure())
 """
@@ -533,16 +534,16 @@ sys.exit(0 if run.success else run.failure())
 def dbt(
     command: list[str], database: Path, work: Path, as_of: datetime, cli: bool = False
 ) -> tuple[float, float, str]:
-    """``dbt <command>`` as the Dagster asset runs it (``run_dbt`` in a step's process; ``cli``: as
+    """``dbt <command>`` as the Dagster asset runs it (``run_dbt_in_process`` in a step's process; ``cli``: as
     a ``dbt`` subprocess instead), as_of in RECART_AS_OF, one lasting target folder.
 
     Returns the seconds of the dbt invocation, peak MB, and what dbt wrote to its log meanwhile.
     """
     # Imported here, not at the top: the floor's timed process imports this module too, and must
     # not pay for Dagster's import.
-    from orchestration.assets.dbt import DbtBuildConfig, build_environment, location_args
+    from orchestration.assets.dbt import DbtBuildConfig, build_environment
 
-    args = [*command, *location_args(work / "target")]
+    args = [*command, *dbt_location_args(work / "target")]
     log = work / "target" / "dbt.log"
     start = log.stat().st_size if log.exists() else 0
     environment = build_environment(DbtBuildConfig(as_of=as_of.isoformat()), database)

@@ -1,4 +1,5 @@
-"""The dbt manifest that ``@dbt_assets`` reads at import: is it stale, and parse it; and dbt as a
+"""The dbt manifest that ``@dbt_assets`` reads at import: is it stale, and parse it; the folders
+of one dbt invocation (``dbt_location_args``, for every way this project runs dbt); and dbt as a
 subprocess against a database of the caller's choice (tests, benchmarks).
 
 Kept apart from ``orchestration.assets.dbt`` because that module cannot even be imported without
@@ -53,26 +54,31 @@ def parse_if_stale() -> bool:
     return True
 
 
+def dbt_location_args(
+    target_path: Path, project_dir: Path = DBT_PROJECT_DIR, log_path: Path | None = None
+) -> list[str]:
+    """dbt's folders for one invocation: the project (its ``profiles.yml`` beside it), the target
+    folder, and the log folder (the target folder unless given; ``dbt.log`` as JSON lines)."""
+    return [
+        "--project-dir", str(project_dir),
+        "--profiles-dir", str(project_dir),
+        "--target-path", str(target_path),
+        "--log-path", str(log_path or target_path),
+        "--log-format-file", "json",
+        "--no-use-colors",
+    ]  # fmt: skip
+
+
 def run_dbt(
     args: list[str], database: Path, work: Path, project_dir: Path = DBT_PROJECT_DIR, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
     """``dbt <args>`` in a subprocess with the project's own profile, against the DuckDB ``database``.
 
-    Artifacts and logs go to ``work``, so the repository's manifest is left alone.
+    Artifacts and logs go to ``work``, so the repository's manifest is left alone. (Dagster's
+    builds run dbt in their own process instead: ``orchestration.assets.dbt.run_dbt_in_process``.)
     """
     return subprocess.run(
-        [
-            DBT_EXECUTABLE,
-            *args,
-            "--project-dir",
-            str(project_dir),
-            "--profiles-dir",
-            str(project_dir),
-            "--target-path",
-            str(work / "target"),
-            "--log-path",
-            str(work / "logs"),
-        ],
+        [DBT_EXECUTABLE, *args, *dbt_location_args(work / "target", project_dir, log_path=work / "logs")],
         capture_output=True,
         text=True,
         cwd=DBT_PROJECT_DIR.parent,

@@ -17,7 +17,7 @@
   ``warehouse.duckdb_file.write_connection`` takes): syncs wait for the build, the build waits for
   a sync's short write window (``warehouse.duckdb_file.write_lock``). The profile also retries
   opening while a reader holds the file.
-- dbt runs in the step's own process (``run_dbt``: dbt's programmatic ``dbtRunner``, as
+- dbt runs in the step's own process (``run_dbt_in_process``: dbt's programmatic ``dbtRunner``, as
   Astronomer Cosmos does), not as dagster-dbt's ``dbt`` subprocess. The step process has already
   imported dbt (loading these definitions does), and the subprocess path cost ~5.5 s before any
   SQL: ``dbt --version`` (dagster-dbt asks, 2.1 s), an adapter set up in this process, then a
@@ -52,7 +52,13 @@ from dagster._utils.interrupts import raise_interrupts_as  # isort: skip
 from dagster_dbt.asset_utils import DBT_INDIRECT_SELECTION_ENV, get_updated_cli_invocation_params_for_context
 from dagster_dbt.core.dbt_cli_event import DbtCoreCliEventMessage
 
-from orchestration.dbt_manifest import DBT_EXECUTABLE, DBT_PARSE_COMMAND, DBT_PROJECT_DIR, manifest_is_stale
+from orchestration.dbt_manifest import (
+    DBT_EXECUTABLE,
+    DBT_PARSE_COMMAND,
+    DBT_PROJECT_DIR,
+    dbt_location_args,
+    manifest_is_stale,
+)
 from orchestration.resources import WarehouseResource
 from warehouse.duckdb_file import write_lock
 
@@ -192,37 +198,33 @@ RESULT_EVENTS = frozenset({"LogModelResult", "LogTestResult", "LogSeedResult", "
 
 @dataclass
 class DbtRun:
-    """What one in-process dbt invocation did."""
+    """What one in-process dbt invocation did: dbt's own result, and what its events said."""
 
-    success: bool
+    result: Any  # dbt's dbtRunnerResult: success, result (the nodes' results), exception
     # each node's result event as a dict, the shape of a line of dbt's JSON log
     result_events: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # dbt's error-level messages
-    exception: Exception | None = None  # what stopped dbt itself (not a failed node)
-    # Ctrl-C or a terminated Dagster run: dbt cancelled its query and stopped; the caller reports
-    # what finished and raises this again
-    interrupt: BaseException | None = None
+
+    @property
+    def success(self) -> bool:
+        """Whether dbt succeeded (every node passed or warned)."""
+        return bool(self.result.success)
+
+    @property
+    def interrupt(self) -> BaseException | None:
+        """Ctrl-C or a terminated Dagster run (dbt returns even that as its result's exception):
+        dbt cancelled its query and stopped; the caller reports what finished and raises this."""
+        exception = self.result.exception
+        return None if exception is None or isinstance(exception, Exception) else exception
 
     def failure(self) -> str:
-        """Why it failed, for a Dagster failure: dbt's error messages, or the exception."""
-        reasons = self.errors or ([repr(self.exception)] if self.exception is not None else [])
+        """Why it failed, for a Dagster failure: dbt's error messages, or what stopped dbt itself."""
+        stopped = self.result.exception
+        reasons = self.errors or ([repr(stopped)] if stopped is not None else [])
         return "dbt build failed:\n" + "\n".join(reasons or ["(dbt reported no reason)"])
 
 
-def location_args(target_path: Path, project_dir: Path = DBT_PROJECT_DIR) -> list[str]:
-    """dbt's folders for a build: the project, its profile, and the warehouse's own target folder
-    (``dbt.log`` goes there too, as JSON lines)."""
-    return [
-        "--project-dir", str(project_dir),
-        "--profiles-dir", str(DBT_PROJECT_DIR),
-        "--target-path", str(target_path),
-        "--log-path", str(target_path),
-        "--log-format-file", "json",
-        "--no-use-colors",
-    ]  # fmt: skip
-
-
-def run_dbt(args: Sequence[str]) -> DbtRun:
+def run_dbt_in_process(args: Sequence[str]) -> DbtRun:
     """``dbt <args>`` in this process, with dbt's programmatic runner; the environment is read now.
 
     dbt keeps its DuckDB connection open for the whole invocation (``keep_open``); it is closed
@@ -230,31 +232,27 @@ def run_dbt(args: Sequence[str]) -> DbtRun:
 
     An interrupt (SIGINT: Ctrl-C, or Dagster terminating the run) reaches dbt as the
     KeyboardInterrupt it handles — it cancels the running query and stops its worker — not as
-    Dagster's own interrupt error, which dbt would not recognise. It is returned in ``interrupt``
+    Dagster's own interrupt error, which dbt would not recognise. It comes back in ``interrupt``
     (with the results of the nodes that finished) for the caller to raise again.
     """
     from dbt.cli.main import dbtRunner  # the rest of dbt came with the definitions: 0.14 s more
     from dbt_common.events.functions import msg_to_dict
 
-    run = DbtRun(success=False)
+    events: list[dict[str, Any]] = []
+    errors: list[str] = []
 
     def collect(message: Any) -> None:  # called from dbt's worker threads: list appends only
         if message.info.name in RESULT_EVENTS:
-            run.result_events.append(msg_to_dict(message))
+            events.append(msg_to_dict(message))
         elif message.info.level == "error":
-            run.errors.append(message.info.msg)
+            errors.append(message.info.msg)
 
     try:
         with raise_interrupts_as(KeyboardInterrupt):
             result = dbtRunner(callbacks=[collect]).invoke(list(args))
     finally:
         _close_dbt_duckdb_connection()
-    run.success = result.success
-    if isinstance(result.exception, Exception) or result.exception is None:
-        run.exception = result.exception
-    else:  # dbtRunner returns even an interrupt as the result's exception
-        run.interrupt = result.exception
-    return run
+    return DbtRun(result, events, errors)
 
 
 def _close_dbt_duckdb_connection() -> None:
@@ -296,12 +294,12 @@ def warehouse_dbt_assets(
     environment = build_environment(config, database)
     if selection.indirect_selection:
         environment[DBT_INDIRECT_SELECTION_ENV] = selection.indirect_selection
-    args = [*build_args(config), *selection.selection_args, *location_args(target_path, project_dir)]
+    args = [*build_args(config), *selection.selection_args, *dbt_location_args(target_path, project_dir)]
     context.log.info(f"dbt {' '.join(args)}")
     # The lock is held from before dbt starts until it is done: two builds of one warehouse never
     # overlap, so they can share one target folder (partial_parse.msgpack, run_results.json).
     with write_lock(database, timeout=WRITE_LOCK_TIMEOUT_SECONDS), _environment(**environment):
-        run = run_dbt(args)
+        run = run_dbt_in_process(args)
     events = (
         event
         for raw_event in run.result_events

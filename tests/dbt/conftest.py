@@ -18,7 +18,7 @@ import duckdb
 import pytest
 from warehouse_scenario import AS_OF, build_warehouse
 
-from orchestration.dbt_manifest import DBT_PROJECT_DIR, run_dbt
+from orchestration.dbt_manifest import DBT_PROJECT_DIR, dbt_location_args, run_dbt
 
 # The scenario's second account reads national phone numbers as British.
 SCENARIO_VARS = json.dumps({"as_of": AS_OF.isoformat(), "phone_default_countries": {"brit": "GB"}})
@@ -58,39 +58,18 @@ def built_warehouse(tmp_path_factory: pytest.TempPathFactory) -> BuiltWarehouse:
 
 
 @pytest.fixture
-def dbt_in_process(tmp_path: Path) -> Iterator[Callable[..., bool]]:
-    """Run dbt in this process (no 4 s start-up per call) against a database of the caller's choice.
-
-    The profile is the project's except ``keep_open: false``, so the file is released after each
-    call and the test can read it in between.
+def dbt_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., bool]]:
+    """Run dbt in this process (no 4 s start-up per call) against a database of the caller's choice,
+    as Dagster's builds do (``run_dbt_in_process``: the file is released after each call, so the
+    test can read it in between). ``last_result`` keeps dbt's result of the last call.
     """
-    from dbt.cli.main import dbtRunner
-
-    runner = dbtRunner()
-    profiles = tmp_path / "profiles"
-    profiles.mkdir()
+    from orchestration.assets.dbt import run_dbt_in_process
 
     def invoke(args: list[str], database: Path, project_dir: Path = DBT_PROJECT_DIR) -> bool:
-        (profiles / "profiles.yml").write_text(
-            "recart_warehouse:\n  target: dev\n  outputs:\n    dev:\n"
-            f"      type: duckdb\n      path: '{database}'\n      threads: 2\n      keep_open: false\n"
-            "      settings: {TimeZone: UTC}\n"
-        )
-        result = runner.invoke(
-            [
-                *args,
-                "--quiet",
-                "--project-dir",
-                str(project_dir),
-                "--profiles-dir",
-                str(profiles),
-                "--target-path",
-                str(tmp_path / "target"),
-                "--log-path",
-                str(tmp_path / "logs"),
-            ]
-        )
-        invoke.last_result = result  # type: ignore[attr-defined]
-        return result.success
+        location = dbt_location_args(tmp_path / "target", project_dir, log_path=tmp_path / "logs")
+        monkeypatch.setenv("WAREHOUSE_DUCKDB_PATH", str(database))
+        run = run_dbt_in_process([*args, "--quiet", *location])
+        invoke.last_result = run.result  # type: ignore[attr-defined]
+        return run.success
 
     yield invoke

@@ -243,7 +243,7 @@ def test_adding_a_segment_file_is_enough(built_warehouse: BuiltWarehouse, dbt_in
 def test_dagster_materializes_the_dbt_assets(tmp_path: Path, materialize_dbt):
     """Through Dagster, once, while a loader holds the warehouse write lock for its first 2 seconds.
 
-    dbt runs inside this process (run_dbt): when the build is done, its DuckDB file must be free
+    dbt runs inside this process (run_dbt_in_process): when the build is done, its DuckDB file must be free
     for another process to write.
     """
     database = tmp_path / "warehouse.duckdb"

@@ -1,4 +1,4 @@
-"""dbt inside the Dagster step's process (``run_dbt``): a terminated run stops dbt cleanly.
+"""dbt inside the Dagster step's process (``run_dbt_in_process``): a terminated run stops dbt cleanly.
 
 Dagster terminates a run with SIGINT. dbt, running in the step's process, must see it as the
 KeyboardInterrupt it handles (cancel the query, stop its worker), the nodes that finished must
