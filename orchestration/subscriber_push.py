@@ -20,7 +20,12 @@ Plan, then push:
    Klaviyo's 202, one transaction each (``warehouse.push_ledger``); a run that finds intents of a
    crashed run settles them with Klaviyo first (``reconcile_interrupted``). A 400 naming one
    profile rejects that row (and only it, the rest is sent again); a 400 naming no profile splits
-   the batch in halves until the bad rows are isolated.
+   the batch in halves until the bad rows are isolated. A run with more refusals than
+   ``max_klaviyo_rejections`` stops as a setup problem and marks none of them rejected: they go
+   out again once the shop fixed its Klaviyo setup.
+
+Opt-outs need no list: one goes out for every contact the push subscribed, also after the shop
+stopped pushing that channel to a list.
 
 Rejections (unreadable contacts, consent without a time, phones that are not valid E.164 or in a
 country outside the account's SMS setup, rows Klaviyo refused) are written to the warehouse table
@@ -319,11 +324,13 @@ def make_plan(
                 )
             )
             continue
+        assert row.decided_at is not None
+        # Only subscribes need a list: an opt-out goes out without one (it withdraws the channel's
+        # consent), also after the shop stopped pushing that channel to a list.
         list_id = settings.list_for(row.channel)
-        if list_id is None:
+        if list_id is None and row.desired_state == "subscribed":
             plan.not_pushed[f"no {row.channel} list chosen"] += 1
             continue
-        assert row.decided_at is not None
         before = ledger.get((row.channel, row.contact))
         if before is not None and before.state == "none":
             before = None  # only an intent from a crashed run: nothing known to be accepted
@@ -493,11 +500,22 @@ class _Pusher:
         self.slots = asyncio.Semaphore(concurrency)
         self.max_rejections = max_rejections
         self.now = datetime.now(UTC)
+        # Rows Klaviyo refused, held back from the ledger until the run ends: only then is it known
+        # whether they were bad rows or the victims of a setup problem (see _reject).
+        self.refused: list[LedgerEntry] = []
 
     def _reject(self, changes: Sequence[Change], reason: str) -> None:
-        self.ledger.record(
-            self.plan.recart_account_id, _ledger_entries(changes, "rejected", None, reason), self.run_id
-        )
+        """Klaviyo refused these rows (a 400): their intents are withdrawn at once (nothing changed
+        at Klaviyo), and they are marked ``rejected`` at the end of the run (``record_refused``).
+
+        More than ``max_rejections`` in one run is a setup problem (SMS not configured, a list that
+        refuses everyone), not bad rows: the run stops, and its refused rows are not marked, so that
+        they go out again once the shop fixed its setup instead of being lost until their consent
+        changes.
+        """
+        entries = _ledger_entries(changes, "rejected", None, reason)
+        self.ledger.withdraw_intents(self.plan.recart_account_id, entries)
+        self.refused += entries
         self.result.rejected_by_klaviyo += len(changes)
         self.result.rejections += [
             Rejection(c.subscriber_id, c.channel, None, c.contact, reason, "klaviyo") for c in changes
@@ -505,8 +523,14 @@ class _Pusher:
         if self.result.rejected_by_klaviyo > self.max_rejections:
             raise PushAborted(
                 f"Klaviyo refused {self.result.rejected_by_klaviyo} rows of {self.plan.recart_account_id} "
-                f"in one run (last: {reason}); check the account's lists and SMS setup"
+                f"in one run (last: {reason}); check the account's lists and SMS setup. The refused "
+                "rows were not marked rejected: the next run sends them again."
             )
+
+    def record_refused(self) -> None:
+        """Mark the rows Klaviyo refused ``rejected`` (not sent again until their consent changes)."""
+        self.ledger.record(self.plan.recart_account_id, self.refused, self.run_id)
+        self.refused = []
 
     async def _job(
         self,
@@ -679,6 +703,8 @@ async def execute_plan(
     outcomes = await asyncio.gather(*tasks, return_exceptions=True)
     result.seconds = time.monotonic() - started
     failures = [o for o in outcomes if isinstance(o, BaseException)]
+    if not any(isinstance(failure, PushAborted) for failure in failures):
+        pusher.record_refused()
     if failures:
         raise failures[0]
     return result

@@ -21,7 +21,9 @@ the shop's new list ``pending_list_id``, consent untouched).
 
 States: ``none`` (nothing accepted yet, only an intent), ``subscribed`` (into ``list_id`` with the
 consent at ``decided_at``), ``unsubscribed`` (the opt-out at ``decided_at``), ``rejected``
-(Klaviyo refused the row for ``reason``; not retried until the person's consent changes).
+(Klaviyo refused the row for ``reason``; not retried until the person's consent changes). A run
+that Klaviyo refuses too many rows is stopped as a setup problem, and its refused rows are not
+marked ``rejected`` (their intents are withdrawn): they are sent again once the setup is fixed.
 """
 
 from __future__ import annotations
@@ -210,6 +212,25 @@ class PushLedger:
             with self._write() as db:
                 db.executemany(sql, rows)
         return len(rows)
+
+    def withdraw_intents(self, recart_account_id: str, entries: Iterable[LedgerEntry]) -> int:
+        """Clear the intents of rows whose batch Klaviyo refused (a 400 changes nothing there): each
+        row is back to its last accepted state, and a row that never had one is dropped."""
+        keys = [(recart_account_id, e.channel, e.contact) for e in entries]
+        if keys:
+            with self._write() as db:
+                db.executemany(
+                    "update push_ledger set pending_state = null, pending_list_id = null,"
+                    " pending_decided_at = null, pending_since = null"
+                    " where recart_account_id = ? and channel = ? and contact = ?",
+                    keys,
+                )
+                db.executemany(
+                    "delete from push_ledger where recart_account_id = ? and channel = ? and contact = ?"
+                    " and state = 'none'",
+                    keys,
+                )
+        return len(keys)
 
     def counts(self, recart_account_id: str) -> dict[str, int]:
         """How many contact points the ledger holds per state for one account."""

@@ -160,6 +160,26 @@ def test_recart_opt_outs_reach_klaviyo(make_push_world):
     assert world.push()[1].api_calls == 0
 
 
+def test_an_opt_out_reaches_klaviyo_after_the_shop_stopped_pushing_its_channel(make_push_world):
+    world = make_push_world()
+    emails, texts = world.create_list("Email"), world.create_list("SMS")
+    world.configure(email_list_id=emails, sms_list_id=texts)
+    world.land_subscribers(sms_subscriber(1), sms_subscriber(2))
+    world.push()
+    # The shop goes email-only; then someone the push subscribed to SMS texts STOP.
+    world.configure(email_list_id=emails)
+    later = datetime.now(UTC)
+    world.land_subscribers(sms_subscriber(1, sms_opted_out_at=later, updated_at=later))
+
+    plan, result = world.push()
+
+    assert result.unsubscribed == 1
+    assert plan.not_pushed == {"no sms list chosen": 1}  # the other consent: no list to go to
+    assert world.profile("+14155550001")["sms_marketing"]["consent"] == "UNSUBSCRIBED"
+    assert world.profile("+14155550002")["sms_marketing"]["consent"] == "SUBSCRIBED"
+    assert world.ledger()[("sms", "+14155550001")].state == "unsubscribed"
+
+
 def test_same_list_carries_both_channels_in_one_profile_and_jobs_are_ceil_n_over_1000(make_push_world):
     world = make_push_world()
     both = world.create_list("Email and SMS", "double_opt_in")
@@ -287,7 +307,7 @@ def test_a_batch_refused_without_a_pointer_is_split_until_the_bad_row_is_isolate
     assert [r[0] for r in world.rejections()] == ["uk"]
 
 
-def test_too_many_refusals_stop_the_run_and_keep_what_was_accepted(make_push_world):
+def test_too_many_refusals_stop_the_run_and_are_sent_again_once_the_setup_is_fixed(make_push_world):
     world = make_push_world(account_index=0)
     texts = world.create_list("SMS")
     world.configure(sms_list_id=texts, sms_countries=["GB", "US"])
@@ -305,9 +325,17 @@ def test_too_many_refusals_stop_the_run_and_keep_what_was_accepted(make_push_wor
     with pytest.raises(PushAborted, match="refused 3 rows"):
         world.push(max_klaviyo_rejections=2, concurrency=1)
     assert len(world.rejections()) == 3  # written although the run failed
-    # The refused rows are recorded; the two never answered keep only their intent.
+    # A setup problem, not bad rows: the refused rows are not marked rejected (their intents are
+    # withdrawn); the two never answered keep their intent.
     states = sorted((e.state, e.pending_state) for e in world.ledger().values())
-    assert states == [("none", "subscribed")] * 2 + [("rejected", None)] * 3
+    assert states == [("none", "subscribed")] * 2
+
+    # The shop enables SMS to the UK in Klaviyo: the next run sends all five again.
+    world.running.sandbox.store.accounts[world.account_id].sms_countries.append("GB")
+    _, result = world.push()
+    assert result.subscribed == 5 and result.rejected_by_klaviyo == 0
+    assert {e.state for e in world.ledger().values()} == {"subscribed"}
+    assert len(world.members(texts)) == 5 and world.rejections() == []
 
 
 def test_settings_are_validated_against_the_accounts_real_lists(make_push_world):
