@@ -25,7 +25,6 @@ import dagster as dg
 import httpx2
 from cryptography.fernet import Fernet
 
-from connectors.klaviyo.connections import ConnectionStore
 from connectors.klaviyo.oauth import KlaviyoOAuth
 from klaviyo_sandbox.app import SandboxApp
 from klaviyo_sandbox.seed import DEMO_OAUTH_CLIENT_ID, DEMO_OAUTH_CLIENT_SECRET, DEMO_REDIRECT_URIS
@@ -41,33 +40,90 @@ PORT = int(os.environ.get("KLAVIYO_SANDBOX_PORT", "8765"))
 SHOPS = ("acme-outdoor", "bloom-beauty", "maple-moss")
 
 
+def _write_private(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` readable and writable by its owner only, from the first byte on."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # the mode above applies to new files only
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
+    return path
+
+
 def _encryption_key() -> str:
     """The demo's Fernet key, created once (a real deployment takes it from its secret store)."""
     path = DEMO_DIR / "encryption.key"
     if not path.exists():
-        path.write_text(Fernet.generate_key().decode())
-        path.chmod(0o600)
+        _write_private(path, Fernet.generate_key().decode())
     return path.read_text().strip()
 
 
-def write_env(base_url: str, key: str) -> Path:
-    """``.env`` for ``dg dev`` / ``make dev``: the same sandbox, store and warehouse as the demo."""
-    env = {
+def demo_env(base_url: str, key: str, demo_dir: Path = DEMO_DIR) -> dict[str, str]:
+    """The demo's settings, secrets included: the demo sets them in its own process (the resources
+    read them through ``dg.EnvVar``) and writes them to ``.env`` for ``dg dev``."""
+    return {
         "KLAVIYO_BASE_URL": base_url,
         "KLAVIYO_AUTHORIZE_URL": f"{base_url}/oauth/authorize",
         "KLAVIYO_CLIENT_ID": DEMO_OAUTH_CLIENT_ID,
         "KLAVIYO_CLIENT_SECRET": DEMO_OAUTH_CLIENT_SECRET,
         "KLAVIYO_REDIRECT_URI": DEMO_REDIRECT_URIS[0],
-        "RECART_STATE_DB": str(DEMO_DIR / "state.db"),
+        "RECART_STATE_DB": str(demo_dir / "state.db"),
         "RECART_ENCRYPTION_KEY": key,
-        "WAREHOUSE_DUCKDB_PATH": str(DEMO_DIR / "warehouse.duckdb"),
-        "RECART_LANDING_PATH": str(DEMO_DIR / "landing"),
-        "DAGSTER_HOME": str(DEMO_DIR / "dagster"),
+        "WAREHOUSE_DUCKDB_PATH": str(demo_dir / "warehouse.duckdb"),
+        "RECART_LANDING_PATH": str(demo_dir / "landing"),
+        "DAGSTER_HOME": str(demo_dir / "dagster"),
     }
-    path = ROOT / ".env"
-    path.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-    path.chmod(0o600)
-    return path
+
+
+def write_env(env: dict[str, str]) -> Path:
+    """``.env`` for ``dg dev`` / ``make dev``: the same sandbox, store and warehouse as the demo.
+
+    ``make dev`` sources it into ``dg dev``'s environment, so it holds the demo's OAuth client
+    secret and Fernet key in plain text, like a developer's own ``.env``: owner-only (0600), ignored
+    by git, rewritten by every demo. Dagster itself stores only the variables' names.
+    """
+    header = "# Written by make demo for make dev. Holds the client secret and the encryption key.\n"
+    return _write_private(ROOT / ".env", header + "".join(f"{k}={v}\n" for k, v in env.items()))
+
+
+def klaviyo_resource() -> KlaviyoResource:
+    """Klaviyo for the demo's Dagster runs, configured as in ``definitions.py``: every setting is
+    read from the environment (``demo_env``), so the client secret and the encryption key reach the
+    runs without being stored in the Dagster instance's run and job snapshots or shown in its UI.
+
+    Outside a run, use ``.process_config_and_initialize()`` for a copy with the values resolved.
+    """
+    return KlaviyoResource(
+        base_url=dg.EnvVar("KLAVIYO_BASE_URL"),
+        authorize_url=dg.EnvVar("KLAVIYO_AUTHORIZE_URL"),
+        client_id=dg.EnvVar("KLAVIYO_CLIENT_ID"),
+        client_secret=dg.EnvVar("KLAVIYO_CLIENT_SECRET"),
+        redirect_uri=dg.EnvVar("KLAVIYO_REDIRECT_URI"),
+        state_db=dg.EnvVar("RECART_STATE_DB"),
+        encryption_key=dg.EnvVar("RECART_ENCRYPTION_KEY"),
+    )
+
+
+def demo_instance(dagster_home: Path) -> dg.DagsterInstance:
+    """The persistent Dagster instance in ``dagster_home``, with the embedded default's settings."""
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    instance_yaml = dagster_home / "dagster.yaml"
+    if not instance_yaml.exists():
+        instance_yaml.write_text((ROOT / "deploy" / "dagster.yaml").read_text())
+    return dg.DagsterInstance.from_config(str(dagster_home))
+
+
+def connect_shops(klaviyo: KlaviyoResource, shops: tuple[str, ...], accounts: list[dict]) -> None:
+    """Connect each shop to its sandbox account through the real OAuth flow, consent answered here."""
+    resolved = klaviyo.process_config_and_initialize()
+    with resolved.store() as store:
+        oauth = KlaviyoOAuth(resolved.settings(), store)
+        for shop, account in zip(shops, accounts, strict=False):
+            back = approve_consent(oauth.start_authorization(shop), account["id"])
+            connection = asyncio.run(oauth.complete_authorization(back["state"], code=back["code"]))
+            print(
+                f"  connected {shop:<13} → Klaviyo {connection.klaviyo_account_id} "
+                f"({account['name']}): {connection.state.value}, {len(connection.granted_scopes)} scopes"
+            )
 
 
 def recart_and_dbt(instance: dg.DagsterInstance, warehouse: WarehouseResource) -> None:
@@ -190,7 +246,8 @@ def subscriber_push(
     from orchestration.assets.push import subscriber_push as push_asset
 
     print("\nSubscriber push (klaviyo/subscriber_push, Dagster runs; lists checked at Klaviyo):")
-    with klaviyo.store() as store:
+    resolved = klaviyo.process_config_and_initialize()  # settings from the environment, outside a run
+    with resolved.store() as store:
         for shop, account in zip(SHOPS, accounts, strict=False):
             lists = sorted(sandbox.store.accounts[account["id"]].lists.values(), key=lambda k: k.name)
             double = next((k for k in lists if k.opt_in_process == "double_opt_in"), lists[0])
@@ -198,7 +255,7 @@ def subscriber_push(
             # Three shapes: email and SMS apart; one list for both; email only (no SMS at Klaviyo).
             sms = {SHOPS[0]: single, SHOPS[1]: double}.get(shop)
             choice = PushSettings(shop, double.id, sms.id if sms else None, sms_countries=("US", "CA"))
-            saved = asyncio.run(save_push_settings(klaviyo.settings(), store, choice))
+            saved = asyncio.run(save_push_settings(resolved.settings(), store, choice))
             print(
                 f"  {shop:<13} email -> {double.name!r} ({double.opt_in_process}), "
                 + (f"SMS -> {sms.name!r}" + (" (same list)" if saved.same_list else "") if sms else "no SMS")
@@ -235,42 +292,22 @@ def subscriber_push(
 def main() -> None:
     """Run the demo and print its summary."""
     DEMO_DIR.mkdir(parents=True, exist_ok=True)
-    (DEMO_DIR / "dagster").mkdir(exist_ok=True)
-    instance_yaml = DEMO_DIR / "dagster" / "dagster.yaml"
-    if not instance_yaml.exists():
-        instance_yaml.write_text((ROOT / "deploy" / "dagster.yaml").read_text())
     for stale in ("warehouse.duckdb", "state.db", "sandbox.json"):
         (DEMO_DIR / stale).unlink(missing_ok=True)  # every demo starts from the same world
     key = _encryption_key()
     sandbox = create_sandbox("demo", rate_limits="klaviyo", state=DEMO_DIR / "sandbox.json")
     with running_sandbox(sandbox, port=PORT) as running:
         base = running.base_url
-        env_file = write_env(base, key)
-        klaviyo = KlaviyoResource(
-            base_url=base,
-            authorize_url=f"{base}/oauth/authorize",
-            client_id=DEMO_OAUTH_CLIENT_ID,
-            client_secret=DEMO_OAUTH_CLIENT_SECRET,
-            redirect_uri=DEMO_REDIRECT_URIS[0],
-            state_db=str(DEMO_DIR / "state.db"),
-            encryption_key=key,
-        )
+        env = demo_env(base, key)
+        os.environ.update(env)  # the resources read them as dg.EnvVar, as under `dg dev`
+        env_file = write_env(env)
+        klaviyo = klaviyo_resource()
         warehouse = WarehouseResource(path=str(DEMO_DIR / "warehouse.duckdb"))
         accounts = httpx2.get(f"{base}/_sandbox/accounts").json()["data"]
         print(f"Klaviyo sandbox at {base}: {len(accounts)} accounts (Klaviyo's rate limits)")
+        connect_shops(klaviyo, SHOPS, accounts)
 
-        with ConnectionStore(DEMO_DIR / "state.db", key) as store:
-            oauth = KlaviyoOAuth(klaviyo.settings(), store)
-            for shop, account in zip(SHOPS, accounts, strict=False):
-                back = approve_consent(oauth.start_authorization(shop), account["id"])
-                connection = asyncio.run(oauth.complete_authorization(back["state"], code=back["code"]))
-                print(
-                    f"  connected {shop:<13} → Klaviyo {connection.klaviyo_account_id} "
-                    f"({account['name']}): {connection.state.value}, {len(connection.granted_scopes)} scopes"
-                )
-
-        os.environ["DAGSTER_HOME"] = str(DEMO_DIR / "dagster")
-        with dg.DagsterInstance.get() as instance:
+        with demo_instance(DEMO_DIR / "dagster") as instance:
             instance.add_dynamic_partitions(klaviyo_accounts.name, list(SHOPS))
 
             def sync_all(label: str) -> None:
