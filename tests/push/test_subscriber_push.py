@@ -160,6 +160,37 @@ def test_recart_opt_outs_reach_klaviyo(make_push_world):
     assert world.push()[1].api_calls == 0
 
 
+def test_withdrawn_consent_reaches_klaviyo_also_without_an_opt_out_time_or_after_deletion(make_push_world):
+    world = make_push_world()
+    emails, texts = world.create_list("Email"), world.create_list("SMS")
+    world.configure(email_list_id=emails, sms_list_id=texts)
+    world.land_subscribers(email_subscriber(1), email_subscriber(2), sms_subscriber(3), email_subscriber(4))
+    world.push()
+
+    later = datetime.now(UTC)
+    world.land_subscribers(
+        # consent switched off, no opt-out time: withdrawn when this change was made
+        email_subscriber(1, email_consent=False, updated_at=later),
+        # "opt me out and erase me": the deletion carries the opt-out
+        sms_subscriber(3, sms_opted_out_at=later, deleted=True, updated_at=later),
+        # deleted without an opt-out: not an opt-out, and never subscribed again
+        email_subscriber(4, deleted=True, updated_at=later),
+        # a phone that never had SMS consent: nothing to withdraw, never unsubscribed
+        {"subscriber_id": "never", "phone": "(415) 555-0099", "updated_at": later},
+    )
+    plan, result = world.push()
+
+    assert result.unsubscribed == 2 and result.subscribed == 0
+    assert world.profile("person1@example.com")["email_marketing"]["consent"] == "UNSUBSCRIBED"
+    assert world.profile("+14155550003")["sms_marketing"]["consent"] == "UNSUBSCRIBED"
+    assert world.profile("person2@example.com")["email_marketing"]["consent"] == "SUBSCRIBED"
+    assert world.profile("person4@example.com")["email_marketing"]["consent"] == "SUBSCRIBED"
+    assert world.profile("+14155550099") is None
+    withdrawn = world.ledger()[("email", "person1@example.com")]
+    assert withdrawn.state == "unsubscribed" and withdrawn.decided_at == later
+    assert world.push()[1].api_calls == 0  # settled: nothing sent again
+
+
 def test_an_opt_out_reaches_klaviyo_after_the_shop_stopped_pushing_its_channel(make_push_world):
     world = make_push_world()
     emails, texts = world.create_list("Email"), world.create_list("SMS")

@@ -10,9 +10,12 @@
 
     Consent is never invented:
       - subscribed   needs consent to the channel AND its consent time (the evidence Klaviyo's
-                     historical import records), and no later opt-out;
-      - unsubscribed is an opt-out at or after the last consent (a tie is an opt-out);
-      - anything else (no consent, consent withdrawn without an opt-out time) is not pushed.
+                     historical import records), no later opt-out, and a subscriber not deleted;
+      - unsubscribed is an opt-out at or after the last consent (a tie is an opt-out), or consent
+                     withdrawn without an opt-out time (consent false after a consent time: decided
+                     at the change that says so, its updated_at) — also of a deleted subscriber, so
+                     that "opt me out and erase me" still withdraws the consent the push gave;
+      - anything else (no consent ever, a deleted subscriber's consent) is not pushed.
     list_id is the list the row goes to under the account's push settings (as the last push run
     mirrored them into klaviyo_push.account_lists; null when that channel is not pushed).
     One desired state per contact point: when two subscribers of a shop share an email or phone,
@@ -44,7 +47,8 @@ subscribers as (
         coalesce(sms_consent, false) as has_sms_consent,
         sms_consent_at,
         sms_opted_out_at,
-        coalesce(deleted, false) as is_deleted
+        coalesce(deleted, false) as is_deleted,
+        updated_at
 
     from {{ latest_changes(source('recart', 'raw_subscribers'), ['account_id', 'subscriber_id']) }}
 
@@ -60,10 +64,12 @@ channels as (
         email_as_given as contact_as_given,
         has_email_consent as has_consent,
         email_consent_at as consent_at,
-        email_opted_out_at as opted_out_at
+        email_opted_out_at as opted_out_at,
+        is_deleted,
+        updated_at
 
     from subscribers
-    where not is_deleted and email_as_given is not null
+    where email_as_given is not null
 
     union all
 
@@ -75,36 +81,52 @@ channels as (
         phone_as_given as contact_as_given,
         has_sms_consent as has_consent,
         sms_consent_at as consent_at,
-        sms_opted_out_at as opted_out_at
+        sms_opted_out_at as opted_out_at,
+        is_deleted,
+        updated_at
 
     from subscribers
-    where not is_deleted and phone_as_given is not null
+    where phone_as_given is not null
+
+),
+
+withdrawals as (
+
+    select
+        * exclude (is_deleted, updated_at),
+        case
+            when opted_out_at is not null and (consent_at is null or opted_out_at >= consent_at)
+                then opted_out_at
+            -- consent given once, now false, and no opt-out time: withdrawn when this change says so
+            when not has_consent and consent_at is not null and opted_out_at is null then updated_at
+        end as withdrawn_at,
+        has_consent and not is_deleted as may_subscribe
+
+    from channels
 
 ),
 
 decided as (
 
     select
-        *,
+        * exclude (withdrawn_at, may_subscribe),
         case
-            when opted_out_at is not null and (consent_at is null or opted_out_at >= consent_at)
-                then 'unsubscribed'
-            when has_consent and consent_at is not null then 'subscribed'
+            when withdrawn_at is not null then 'unsubscribed'
+            when may_subscribe and consent_at is not null then 'subscribed'
         end as desired_state,
         case
-            when opted_out_at is not null and (consent_at is null or opted_out_at >= consent_at)
-                then opted_out_at
-            when has_consent then consent_at
+            when withdrawn_at is not null then withdrawn_at
+            when may_subscribe then consent_at
         end as decided_at,
         case
             when contact is null and channel = 'email' then 'not an email address'
             when contact is null then 'not a phone number in E.164 or a national format'
-            when has_consent and consent_at is null and opted_out_at is null
+            when may_subscribe and consent_at is null and opted_out_at is null
                 then 'consent without a consent time (no evidence to push)'
         end as rejection_reason
 
-    from channels
-    where has_consent or opted_out_at is not null
+    from withdrawals
+    where may_subscribe or withdrawn_at is not null
 
 ),
 
