@@ -536,21 +536,42 @@ class ConnectionStore:
         )
 
     def set_state(
-        self, recart_account_id: str, state: ConnectionState, reason: str | None = None
+        self,
+        recart_account_id: str,
+        state: ConnectionState,
+        reason: str | None = None,
+        *,
+        expected_version: int | None = None,
     ) -> Connection:
         """Move the connection to ``state`` (with a reason people can read).
 
         ``REMOVED`` wipes the secrets (as ``wipe_secrets``); a removed connection cannot be revived here
         (``ConnectionRemoved``): it needs new tokens through ``save_connection``.
+
+        With ``expected_version``, the change applies only while ``token_version`` is still that
+        (checked in the same transaction): otherwise nothing changes and the current connection is
+        returned, so a verdict on tokens (say "the refresh token is dead") never lands on newer ones.
+        Not for ``REMOVED`` (``ValueError``).
         """
         state = ConnectionState(state)
         if state is ConnectionState.REMOVED:
+            if expected_version is not None:
+                raise ValueError("expected_version is not supported for REMOVED (use wipe_secrets)")
             return self.wipe_secrets(recart_account_id, reason=reason)
         now = _iso(self._now())
         with self._write() as db:
             current = self._select_one(db, recart_account_id)
             if current is None:
                 raise ConnectionNotFound(recart_account_id, "not connected")
+            if expected_version is not None and current.token_version != expected_version:
+                log.info(
+                    "State change of account %s to %s skipped: token version is %s, expected %s",
+                    recart_account_id,
+                    state.value,
+                    current.token_version,
+                    expected_version,
+                )
+                return current
             if current.state is ConnectionState.REMOVED:
                 raise ConnectionRemoved(recart_account_id, f"cannot become {state.value}; connect again")
             if current.state is state and current.state_reason == reason:

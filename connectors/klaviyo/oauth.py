@@ -15,7 +15,11 @@ books the connection's rate-limit quota like every later call.
 
 Refreshes are serialised per connection: an asyncio lock within a process, then the store's
 cross-process ``refresh_lock``; inside both the tokens are re-read, and a refresh is skipped when another
-worker already did it. The new tokens are written with a compare-and-swap on ``token_version``.
+worker already did it. The new tokens are written with a compare-and-swap on ``token_version``. Saving a
+reconnect and disconnecting take the same two locks, so a refresh never runs on a refresh token that is
+being replaced or revoked. Verdicts on tokens (``invalid_grant``, a scope missing) are written only if the
+tokens are still the ones judged (``set_state(expected_version=...)``), and a grant obtained but not
+stored is revoked: no grant stays live at Klaviyo that no connection holds.
 
 Nothing here logs or formats a token: errors carry Klaviyo's error code and description only.
 """
@@ -52,6 +56,7 @@ from connectors.klaviyo.connections import (
 from connectors.klaviyo.errors import (
     AuthenticationError,
     ConnectionInactive,
+    ConnectionNotFound,
     ConnectionRemoved,
     InvalidRequestError,
     KlaviyoApiError,
@@ -271,11 +276,12 @@ class KlaviyoOAuth:
 
         The connection is saved ACTIVE, or NEEDS_REAUTH ("missing scopes: …") when Klaviyo granted less
         than ``REQUIRED_SCOPES``. Connecting again replaces the tokens (and revokes the old grant when
-        the shop picked another Klaviyo account).
+        the shop picked another Klaviyo account). The save happens under the connection's refresh locks.
 
         Raises ``AuthorizationFailed`` (an ``OAuthCallbackError``) with a message fit for the person and
         a ``reason``: ``invalid_state``, ``expired_state``, ``access_denied``, ``authorization_error``,
-        ``token_error``, ``klaviyo_unavailable`` or ``account_lookup_failed``.
+        ``token_error``, ``klaviyo_unavailable`` (also when a refresh held the lock too long; the new
+        grant is then revoked) or ``account_lookup_failed``.
         """
         # The state is checked (and spent) before anything else: a forged or replayed callback must not
         # reach the token endpoint, and even a denial uses the state up.
@@ -310,13 +316,29 @@ class KlaviyoOAuth:
 
         tokens = await self._exchange_code(pending, code)
         klaviyo_account_id = await self._lookup_account(pending, tokens)
-        replaced_refresh_token = self._refresh_token_replaced_by(account, klaviyo_account_id)
         missing = missing_scopes(tokens.scopes)
         if missing:
             state_now, reason = ConnectionState.NEEDS_REAUTH, _missing_scopes_reason(missing)
         else:
             state_now, reason = ConnectionState.ACTIVE, None
-        connection = self.store.save_connection(account, klaviyo_account_id, tokens, state_now, reason)
+        try:
+            # Under the refresh locks: a refresh in flight (whose refresh token this exchange may just
+            # have voided) ends before the save, so its invalid_grant cannot land on the new connection;
+            # a disconnect in flight ends too, so it never wipes tokens it did not revoke.
+            async with self._refresh_locked(account):
+                replaced_refresh_token = self._refresh_token_replaced_by(account, klaviyo_account_id)
+                connection = self.store.save_connection(
+                    account, klaviyo_account_id, tokens, state_now, reason
+                )
+        except TimeoutError:
+            log.warning("Connecting account %s: timed out waiting for its refresh lock", account)
+            await self._revoke_quietly(account, tokens.refresh_token)  # nobody would hold this grant
+            raise AuthorizationFailed(
+                "Klaviyo connected, but another update of this connection was still running, so the "
+                "connection was not saved. Please try again in a minute.",
+                reason="klaviyo_unavailable",
+                recart_account_id=account,
+            ) from None
         if replaced_refresh_token is not None:
             # The shop switched to another Klaviyo account: the old account's grant is ours to give back.
             await self._revoke_quietly(account, replaced_refresh_token)
@@ -434,7 +456,9 @@ class KlaviyoOAuth:
         """Refresh the account's tokens (under the cross-process refresh lock) and return the current set.
 
         Without ``force``, tokens another process refreshed meanwhile, or that no longer expire soon,
-        are returned as they are. ``invalid_grant`` → NEEDS_REAUTH and ``NeedsReauthorization``.
+        are returned as they are. ``invalid_grant`` → NEEDS_REAUTH and ``NeedsReauthorization``, unless
+        new tokens were saved meanwhile (a reconnect): those are returned then. Fresh tokens that cannot
+        be stored (the connection was replaced or removed meanwhile) are revoked at Klaviyo.
         """
         connection = self.store.require(recart_account_id)
         tokens, _ = await self._refresh(recart_account_id, force=force, seen_version=connection.token_version)
@@ -444,12 +468,7 @@ class KlaviyoOAuth:
         self, recart_account_id: str, *, force: bool, seen_version: int
     ) -> tuple[TokenSet, int]:
         """Refresh unless someone did since the caller saw ``seen_version``; returns (tokens, version)."""
-        async with (
-            self._local_lock(recart_account_id),
-            _held_in_own_thread(
-                lambda: self.store.refresh_lock(recart_account_id, timeout=REFRESH_LOCK_TIMEOUT_SECONDS)
-            ),
-        ):
+        async with self._refresh_locked(recart_account_id):
             # Re-read inside the lock: the tokens the caller saw may be stale by now.
             connection = self.store.require(recart_account_id)
             raise_unless_active(connection)
@@ -462,32 +481,75 @@ class KlaviyoOAuth:
                 return current, version
             if not force and not expiring:
                 return current, version
-            fresh = await self._refresh_grant(recart_account_id, current)
-            if not self.store.replace_tokens(recart_account_id, fresh, expected_version=version):
-                # Someone wrote tokens without the lock (a reconnect through the callback): theirs win.
-                latest = self.store.require(recart_account_id)
-                raise_unless_active(latest)
-                return self.store.tokens(recart_account_id), latest.token_version
+            fresh = await self._refresh_grant(recart_account_id, current, version)
+            if fresh is None:
+                # invalid_grant, but new tokens were written meanwhile (by a writer that skips the lock):
+                # the refresh token that failed is no longer the connection's, so use the new ones.
+                return self._latest_tokens(recart_account_id)
+            try:
+                stored = self.store.replace_tokens(recart_account_id, fresh, expected_version=version)
+            except (ConnectionRemoved, ConnectionNotFound):
+                await self._revoke_unless_stored(recart_account_id, fresh.refresh_token)
+                raise
+            if not stored:
+                # Someone wrote tokens without the lock (e.g. a process on an older release): theirs win.
+                await self._revoke_unless_stored(recart_account_id, fresh.refresh_token)
+                return self._latest_tokens(recart_account_id)
             missing = missing_scopes(fresh.scopes)
             if missing:  # the grant shrank (e.g. the app lost a scope at Klaviyo)
                 reason = _missing_scopes_reason(missing)
-                self.store.set_state(recart_account_id, ConnectionState.NEEDS_REAUTH, reason)
+                marked = self.store.set_state(
+                    recart_account_id, ConnectionState.NEEDS_REAUTH, reason, expected_version=version + 1
+                )
+                if marked.token_version != version + 1:  # replaced right after our write: not ours to judge
+                    return self._latest_tokens(recart_account_id)
                 raise NeedsReauthorization(recart_account_id, reason)
             log.info("Refreshed the Klaviyo access token of account %s", recart_account_id)
             return fresh, version + 1
 
-    async def _refresh_grant(self, recart_account_id: str, current: TokenSet) -> TokenSet:
-        """POST the refresh-token grant; ``invalid_grant`` marks the connection NEEDS_REAUTH."""
+    def _latest_tokens(self, recart_account_id: str) -> tuple[TokenSet, int]:
+        """The stored tokens and their version, or the error that says why the connection cannot use them."""
+        latest = self.store.require(recart_account_id)
+        raise_unless_active(latest)
+        return self.store.tokens(recart_account_id), latest.token_version
+
+    async def _revoke_unless_stored(self, recart_account_id: str, refresh_token: str) -> None:
+        """Give back a refresh token we obtained but could not store, unless the connection holds it
+        anyway (Klaviyo may return the refresh token it was sent): a grant nobody holds must not stay live."""
+        try:
+            stored: str | None = self.store.tokens(recart_account_id).refresh_token
+        except (ConnectionRemoved, ConnectionNotFound):
+            stored = None
+        if refresh_token != stored:
+            await self._revoke_quietly(recart_account_id, refresh_token)
+
+    async def _refresh_grant(
+        self, recart_account_id: str, current: TokenSet, version: int
+    ) -> TokenSet | None:
+        """POST the refresh-token grant with ``current`` (read at ``token_version`` ``version``).
+
+        ``invalid_grant`` marks the connection NEEDS_REAUTH and raises ``NeedsReauthorization`` — unless the
+        tokens were replaced since ``version`` (a reconnect voids the old refresh token): then nothing is
+        marked and the answer is None, for the caller to use the new tokens.
+        """
         try:
             body = await self._token_call("refresh_token", refresh_token=current.refresh_token)
         except OAuthError as failure:
             if failure.error == "invalid_grant":
                 reason = "refresh failed: invalid_grant"
+                marked = self.store.set_state(
+                    recart_account_id, ConnectionState.NEEDS_REAUTH, reason, expected_version=version
+                )
+                if marked.token_version != version:
+                    log.info(
+                        "Refresh of account %s failed with invalid_grant after its tokens were replaced",
+                        recart_account_id,
+                    )
+                    return None
                 log.warning(
                     "Refresh of account %s failed with invalid_grant: needs re-authorization",
                     recart_account_id,
                 )
-                self.store.set_state(recart_account_id, ConnectionState.NEEDS_REAUTH, reason)
                 raise NeedsReauthorization(recart_account_id, reason) from None
             raise _api_error_for(failure) from None
         # Always keep the refresh token Klaviyo sends back: it may or may not rotate (reference §1).
@@ -522,18 +584,25 @@ class KlaviyoOAuth:
         """Revoke the refresh token at Klaviyo, then wipe the secrets: the connection is REMOVED.
 
         Idempotent. If Klaviyo cannot be reached the secrets are kept (so revoking can be retried) and
-        the ``KlaviyoApiError`` propagates.
+        the ``KlaviyoApiError`` propagates. Reading, revoking and wiping happen under the connection's
+        refresh locks (``TimeoutError`` if a refresh holds them too long): a refresh cannot rotate the
+        refresh token between the read and the revoke, nor a reconnect save tokens the wipe would drop
+        unrevoked, either of which would leave a grant live at Klaviyo that nobody holds.
         """
         connection = self.store.require(recart_account_id)
         if connection.state is ConnectionState.REMOVED:
             return connection
-        try:
-            tokens = self.store.tokens(recart_account_id)
-        except ConnectionRemoved:
-            tokens = None
-        if tokens is not None:
-            await self._revoke(tokens.refresh_token)
-        return self.store.wipe_secrets(recart_account_id, reason="disconnected by the shop")
+        async with self._refresh_locked(recart_account_id):
+            connection = self.store.require(recart_account_id)  # again: it may have changed meanwhile
+            if connection.state is ConnectionState.REMOVED:
+                return connection
+            try:
+                tokens = self.store.tokens(recart_account_id)
+            except ConnectionRemoved:
+                tokens = None
+            if tokens is not None:
+                await self._revoke(tokens.refresh_token)
+            return self.store.wipe_secrets(recart_account_id, reason="disconnected by the shop")
 
     async def _revoke(self, refresh_token: str) -> None:
         """RFC 7009 revoke of a refresh token; ``invalid_grant`` means it is already dead, which is fine."""
@@ -681,6 +750,18 @@ class KlaviyoOAuth:
             locks = self._local_locks.setdefault(loop, {})
             lock = locks.setdefault(recart_account_id, asyncio.Lock())
         async with lock:
+            yield
+
+    @asynccontextmanager
+    async def _refresh_locked(self, recart_account_id: str) -> AsyncIterator[None]:
+        """Hold the connection's refresh locks: this loop's asyncio lock, then the store's cross-process
+        ``refresh_lock`` (``TimeoutError`` after ``REFRESH_LOCK_TIMEOUT_SECONDS``). Not re-entrant."""
+        async with (
+            self._local_lock(recart_account_id),
+            _held_in_own_thread(
+                lambda: self.store.refresh_lock(recart_account_id, timeout=REFRESH_LOCK_TIMEOUT_SECONDS)
+            ),
+        ):
             yield
 
 

@@ -1,6 +1,7 @@
 """The OAuth lifecycle of ``connectors.klaviyo.oauth`` against a real sandbox over HTTP, with a real
 encrypted connection store in ``tmp_path``: connect, deny, forged and reused state, PKCE mismatch,
-refresh (expiry, 401, concurrency), revoked grants, missing scopes, inactive, disconnect, two shops.
+refresh (expiry, 401, concurrency), revoked grants, missing scopes, inactive, disconnect, two shops, and
+races of a refresh with a reconnect or a disconnect (a gated transport holds one flow's request back).
 
 The consent step is the sandbox's consent form, POSTed as a browser would (the browser itself is
 exercised in ``tests/integration_app``). Every call the connector makes goes through a counting
@@ -11,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import logging
 import re
+import secrets
 import subprocess
 import sys
 import threading
@@ -23,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx2
 import pytest
@@ -31,7 +34,7 @@ from cryptography.fernet import Fernet
 
 from connectors.klaviyo.client import KlaviyoClient
 from connectors.klaviyo.config import REQUIRED_SCOPES, REVISION, KlaviyoSettings
-from connectors.klaviyo.connections import Connection, ConnectionState, ConnectionStore
+from connectors.klaviyo.connections import Connection, ConnectionState, ConnectionStore, TokenSet
 from connectors.klaviyo.errors import (
     ConnectionInactive,
     ConnectionNotFound,
@@ -620,6 +623,341 @@ def test_disconnect_of_a_connection_needing_reauthorization(world: World) -> Non
     with pytest.raises(NeedsReauthorization):
         run(world.oauth.refresh("shop-1", force=True))
     assert run(world.oauth.disconnect("shop-1")).state is ConnectionState.REMOVED
+
+
+# ---------------------------------------------------------------------------- races
+
+# How long a flow gets to reach the refresh lock (and wait there) before the test lets the other one go on.
+# Code without the lock finishes well inside it, so the unguarded interleaving is what the test then sees.
+GRACE_SECONDS = 1.0
+
+
+@dataclass
+class Gate:
+    """Holds back the first request ``matches`` accepts until ``opened`` is set.
+
+    ``answer``, when given, replies in the sandbox's place (only for what the sandbox cannot do itself).
+    """
+
+    matches: Callable[[httpx2.Request, bytes], bool]
+    answer: Callable[[], httpx2.Response] | None = None
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    opened: asyncio.Event = field(default_factory=asyncio.Event)
+    used: bool = False
+
+
+class GatedTransport(CountingTransport):
+    """A ``CountingTransport`` that holds chosen requests back, so a test can interleave two flows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gates: list[Gate] = []
+
+    def gate(
+        self,
+        matches: Callable[[httpx2.Request, bytes], bool],
+        answer: Callable[[], httpx2.Response] | None = None,
+    ) -> Gate:
+        gate = Gate(matches, answer)
+        self.gates.append(gate)
+        return gate
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        body = await request.aread()
+        gate = next((g for g in self.gates if not g.used and g.matches(request, body)), None)
+        if gate is not None:
+            gate.used = True
+            gate.arrived.set()
+            await gate.opened.wait()
+            if gate.answer is not None:
+                return gate.answer()
+        return await super().handle_async_request(request)
+
+
+def refresh_grant(request: httpx2.Request, body: bytes) -> bool:
+    return request.url.path == "/oauth/token" and b"grant_type=refresh_token" in body
+
+
+def revoke_call(request: httpx2.Request, body: bytes) -> bool:
+    return request.url.path == "/oauth/revoke"
+
+
+def new_grant(
+    world: World, klaviyo_account_id: str, scopes: tuple[str, ...] = REQUIRED_SCOPES
+) -> dict[str, Any]:
+    """Install the app on a Klaviyo account once more, past the connector (consent, then code exchange),
+    and return the token answer; the sandbox voids the account's previous grant, as Klaviyo does."""
+    verifier = secrets.token_urlsafe(64)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+    query = {
+        "response_type": "code",
+        "client_id": world.client_id,
+        "redirect_uri": REDIRECT_URI,
+        "scope": " ".join(scopes),
+        "state": secrets.token_urlsafe(16),
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
+    returned = world.consent(f"{world.settings.authorize_url}?{urlencode(query)}", klaviyo_account_id)
+    exchanged = world.control.post(
+        "/oauth/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": returned["code"],
+            "code_verifier": verifier,
+            "redirect_uri": REDIRECT_URI,
+        },
+        auth=(world.client_id, world.client_secret),
+    )
+    assert exchanged.status_code == 200, exchanged.text
+    return exchanged.json()
+
+
+def token_set(answer: dict[str, Any]) -> TokenSet:
+    """The ``TokenSet`` of a token answer."""
+    return TokenSet(
+        access_token=answer["access_token"],
+        refresh_token=answer["refresh_token"],
+        expires_at=datetime.now(UTC) + timedelta(seconds=answer["expires_in"]),
+        scopes=tuple(answer["scope"].split()),
+    )
+
+
+def rotated(
+    world: World, klaviyo_account_id: str, scopes: tuple[str, ...] = REQUIRED_SCOPES
+) -> Callable[[], httpx2.Response]:
+    """An answer to a refresh as a rotating Klaviyo gives it: the refresh token sent dies, a new one
+    comes back. The sandbox never rotates, so a new installation on the same account stands in for the
+    rotation (it voids the old refresh token and mints a live one, which the sandbox can account for)."""
+    return lambda: httpx2.Response(200, json=new_grant(world, klaviyo_account_id, scopes))
+
+
+def grant_revoked(world: World, grant_id: str) -> bool:
+    return world.running.sandbox.store.grants[grant_id].revoked
+
+
+def unheld_live_grants(world: World) -> list[str]:
+    """Ids of the app's grants still live at the sandbox although no stored connection holds them."""
+    held = set()
+    for connection in world.store.list():
+        with contextlib.suppress(ConnectionRemoved):
+            held.add(world.store.tokens(connection.recart_account_id).refresh_token)
+    return [
+        grant.id
+        for grant in world.running.sandbox.store.grants.values()
+        if grant.client_id == world.client_id and not grant.revoked and grant.refresh_token not in held
+    ]
+
+
+def held_grant_id(world: World, recart_account_id: str) -> str:
+    """The sandbox grant of the stored refresh token, which must be live."""
+    refresh_token = world.store.tokens(recart_account_id).refresh_token
+    grant = world.running.sandbox.store.grant_by_refresh_token(refresh_token)
+    assert grant is not None and not grant.revoked
+    return grant.id
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the condition"
+        await asyncio.sleep(0.01)
+
+
+async def within_grace(event: asyncio.Event) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), GRACE_SECONDS)
+
+
+def test_reconnect_during_a_refresh_keeps_the_new_connection(world: World) -> None:
+    """The shop reconnects the same Klaviyo account while a refresh is in flight: the code exchange voids
+    the refresh token being used, and the refresh's invalid_grant must not mark the new connection
+    NEEDS_REAUTH."""
+    world.connect("shop-1", world.accounts[0])
+    first = world.grant_of(world.accounts[0])["id"]
+    gated = GatedTransport()
+    oauth = KlaviyoOAuth(world.settings, world.store, transport=gated)
+    held = gated.gate(refresh_grant)
+
+    async def race() -> list[Any]:
+        refreshing = asyncio.create_task(oauth.refresh("shop-1", force=True))
+        await held.arrived.wait()
+        returned = world.consent(oauth.start_authorization("shop-1"), world.accounts[0])
+        reconnecting = asyncio.create_task(
+            oauth.complete_authorization(returned["state"], code=returned["code"])
+        )
+        await until(lambda: grant_revoked(world, first))  # the exchange voided the refresh token in flight
+        await asyncio.wait({reconnecting}, timeout=GRACE_SECONDS)  # it saves, or waits for the lock
+        held.opened.set()
+        return await asyncio.gather(refreshing, reconnecting, return_exceptions=True)
+
+    refreshed, reconnected = run(race())
+    # The reconnect waited for the refresh lock, so the refresh failed first: its refresh token died under it.
+    assert isinstance(refreshed, NeedsReauthorization)
+    assert isinstance(reconnected, Connection) and reconnected.state is ConnectionState.ACTIVE
+    connection = world.store.require("shop-1")
+    assert connection.state is ConnectionState.ACTIVE and connection.state_reason is None
+    assert connection.token_version == reconnected.token_version
+    assert held_grant_id(world, "shop-1") != first
+    assert unheld_live_grants(world) == []
+    assert account_of(world, "shop-1") == world.accounts[0]
+
+
+def test_refresh_failing_after_an_unlocked_reconnect_hands_out_the_new_tokens(world: World) -> None:
+    """A writer that skips the refresh lock (a process still on an older release) saves a reconnect while a
+    refresh is in flight: the refresh's invalid_grant leaves the new connection alone, returns its tokens."""
+    world.connect("shop-1", world.accounts[0])
+    gated = GatedTransport()
+    oauth = KlaviyoOAuth(world.settings, world.store, transport=gated)
+    held = gated.gate(refresh_grant)
+
+    async def race() -> TokenSet:
+        refreshing = asyncio.create_task(oauth.refresh("shop-1", force=True))
+        await held.arrived.wait()
+        world.store.save_connection(
+            "shop-1",
+            world.accounts[0],
+            token_set(new_grant(world, world.accounts[0])),
+            ConnectionState.ACTIVE,
+        )
+        held.opened.set()
+        return await refreshing
+
+    refreshed = run(race())
+    assert refreshed == world.store.tokens("shop-1")
+    connection = world.store.require("shop-1")
+    assert connection.state is ConnectionState.ACTIVE and connection.token_version == 2
+    assert "state_changed" not in [event["kind"] for event in world.store.history("shop-1")]
+    held_grant_id(world, "shop-1")
+    assert unheld_live_grants(world) == []
+
+
+def test_disconnect_during_a_rotating_refresh_leaves_no_live_grant(world: World) -> None:
+    """Klaviyo may rotate the refresh token on refresh. A disconnect that read the old one before the
+    refresh rotated it would revoke a dead token and leave the new one live at Klaviyo, held by nobody."""
+    world.connect("shop-1", world.accounts[0])
+    gated = GatedTransport()
+    oauth = KlaviyoOAuth(world.settings, world.store, transport=gated)
+    refresh = gated.gate(refresh_grant, answer=rotated(world, world.accounts[0]))
+    revoke = gated.gate(revoke_call)
+
+    async def race() -> list[Any]:
+        refreshing = asyncio.create_task(oauth.refresh("shop-1", force=True))
+        await refresh.arrived.wait()
+        disconnecting = asyncio.create_task(oauth.disconnect("shop-1"))
+        await within_grace(revoke.arrived)  # revoking what it read, or waiting for the lock
+        refresh.opened.set()
+        await asyncio.wait({refreshing})
+        revoke.opened.set()
+        return await asyncio.gather(refreshing, disconnecting, return_exceptions=True)
+
+    refreshed, removed = run(race())
+    assert isinstance(refreshed, TokenSet)
+    assert isinstance(removed, Connection) and removed.state is ConnectionState.REMOVED
+    assert world.store.require("shop-1").state is ConnectionState.REMOVED
+    with pytest.raises(ConnectionRemoved):
+        world.store.tokens("shop-1")
+    assert len(world.grants()) == 2  # the rotation did happen
+    assert unheld_live_grants(world) == []
+    assert all(grant["revoked"] for grant in world.grants())
+
+
+def test_disconnect_during_a_reconnect_leaves_no_unheld_grant(world: World) -> None:
+    """The shop disconnects while a reconnect of the same Klaviyo account completes: the reconnect, saved
+    last, stays connected, and no grant is left live at Klaviyo that the store does not hold."""
+    world.connect("shop-1", world.accounts[0])
+    first = world.grant_of(world.accounts[0])["id"]
+    gated = GatedTransport()
+    oauth = KlaviyoOAuth(world.settings, world.store, transport=gated)
+    revoke = gated.gate(revoke_call)
+
+    async def race() -> list[Any]:
+        disconnecting = asyncio.create_task(oauth.disconnect("shop-1"))
+        await revoke.arrived.wait()
+        returned = world.consent(oauth.start_authorization("shop-1"), world.accounts[0])
+        reconnecting = asyncio.create_task(
+            oauth.complete_authorization(returned["state"], code=returned["code"])
+        )
+        await until(lambda: grant_revoked(world, first))  # the exchange voided the token being revoked
+        await asyncio.wait({reconnecting}, timeout=GRACE_SECONDS)  # it saves, or waits for the lock
+        revoke.opened.set()
+        return await asyncio.gather(disconnecting, reconnecting, return_exceptions=True)
+
+    removed, reconnected = run(race())
+    assert isinstance(removed, Connection) and removed.state is ConnectionState.REMOVED
+    assert isinstance(reconnected, Connection) and reconnected.state is ConnectionState.ACTIVE
+    assert world.store.require("shop-1").state is ConnectionState.ACTIVE
+    assert held_grant_id(world, "shop-1") != first
+    assert unheld_live_grants(world) == []
+    assert account_of(world, "shop-1") == world.accounts[0]
+
+
+@pytest.mark.parametrize("meanwhile", ["wiped", "switched_account"])
+def test_refreshed_tokens_nobody_stores_are_revoked(world: World, meanwhile: str) -> None:
+    """While a refresh is in flight, a writer that skips the refresh lock wipes the connection or saves
+    one on another Klaviyo account: the refresh cannot store its tokens, so it gives their grant back."""
+    world.connect("shop-1", world.accounts[0])
+    first = world.grant_of(world.accounts[0])["id"]
+    gated = GatedTransport()
+    oauth = KlaviyoOAuth(world.settings, world.store, transport=gated)
+    held = gated.gate(refresh_grant)
+
+    async def race() -> TokenSet | BaseException:
+        refreshing = asyncio.create_task(oauth.refresh("shop-1", force=True))
+        await held.arrived.wait()
+        if meanwhile == "wiped":
+            world.store.wipe_secrets("shop-1", reason="removed by an operator")
+        else:
+            other = token_set(new_grant(world, world.accounts[1]))
+            world.store.save_connection("shop-1", world.accounts[1], other, ConnectionState.ACTIVE)
+        held.opened.set()
+        (outcome,) = await asyncio.gather(refreshing, return_exceptions=True)
+        return outcome
+
+    outcome = run(race())
+    assert gated.requests == [("POST", "/oauth/token"), ("POST", "/oauth/revoke")]
+    assert grant_revoked(world, first)
+    assert unheld_live_grants(world) == []
+    if meanwhile == "wiped":
+        assert isinstance(outcome, ConnectionRemoved)
+        assert world.store.require("shop-1").state is ConnectionState.REMOVED
+    else:
+        assert outcome == world.store.tokens("shop-1")
+        held_grant_id(world, "shop-1")
+        assert account_of(world, "shop-1") == world.accounts[1]
+
+
+def test_a_refresh_granting_fewer_scopes_needs_reauthorization(world: World) -> None:
+    """A refresh whose answer lacks a required scope stores the tokens and marks the connection."""
+    world.connect("shop-1", world.accounts[0])
+    fewer = tuple(scope for scope in REQUIRED_SCOPES if scope != "webhooks:write")
+    gated = GatedTransport()
+    oauth = KlaviyoOAuth(world.settings, world.store, transport=gated)
+    gated.gate(refresh_grant, answer=rotated(world, world.accounts[0], fewer)).opened.set()
+    with pytest.raises(NeedsReauthorization, match="webhooks:write"):
+        run(oauth.refresh("shop-1", force=True))
+    connection = world.store.require("shop-1")
+    assert connection.state is ConnectionState.NEEDS_REAUTH
+    assert connection.state_reason == "missing scopes: webhooks:write"
+    assert connection.token_version == 2
+    held_grant_id(world, "shop-1")
+    assert unheld_live_grants(world) == []
+
+
+def test_set_state_with_a_stale_token_version_changes_nothing(world: World) -> None:
+    """The guard the refresh relies on: a state change meant for tokens replaced since is dropped."""
+    connected = world.connect("shop-1", world.accounts[0])
+    version = connected.token_version
+    reason = "refresh failed: invalid_grant"
+    stale = world.store.set_state(
+        "shop-1", ConnectionState.NEEDS_REAUTH, reason, expected_version=version - 1
+    )
+    assert stale == world.store.require("shop-1") and stale.state is ConnectionState.ACTIVE
+    current = world.store.set_state("shop-1", ConnectionState.NEEDS_REAUTH, reason, expected_version=version)
+    assert current.state is ConnectionState.NEEDS_REAUTH and current.token_version == version
+    with pytest.raises(ValueError, match="expected_version"):
+        world.store.set_state("shop-1", ConnectionState.REMOVED, expected_version=version)
+    assert world.store.require("shop-1").state is ConnectionState.NEEDS_REAUTH
 
 
 # ---------------------------------------------------------------------------- many shops
