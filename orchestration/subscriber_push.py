@@ -74,6 +74,7 @@ __all__ = [
     "PushResult",
     "Rejection",
     "execute_plan",
+    "ledger_of_connection",
     "make_plan",
     "mirror_account_lists",
     "push_account",
@@ -881,6 +882,14 @@ async def push_account(
     return plan, result
 
 
+def ledger_of_connection(store: ConnectionStore, recart_account_id: str) -> PushLedger:
+    """The push ledger (beside the connection store) of what the Klaviyo account the shop is
+    connected to now accepted; rows from before ledgers had a Klaviyo account are given to it."""
+    ledger = PushLedger(store.path, store.require(recart_account_id).klaviyo_account_id)
+    ledger.adopt_unscoped(recart_account_id)
+    return ledger
+
+
 async def push_connected_account(
     klaviyo: KlaviyoSettings,
     store: ConnectionStore,
@@ -905,7 +914,7 @@ async def push_connected_account(
     if not settings.enabled:
         raise PushNotConfigured(f"the subscriber push of {recart_account_id} is switched off")
     oauth = KlaviyoOAuth(klaviyo, store)
-    with PushLedger(store.path) as ledger:
+    with ledger_of_connection(store, recart_account_id) as ledger:
         async with KlaviyoClient(
             klaviyo, oauth.credentials(recart_account_id), max_concurrency=max_concurrency
         ) as client:

@@ -19,6 +19,13 @@ subscription twice as one).
 Intents: ``subscribed``, ``unsubscribed``, ``moved`` (an already subscribed contact being added to
 the shop's new list ``pending_list_id``, consent untouched).
 
+Scope: a ledger opened for a Klaviyo account (``PushLedger(path, klaviyo_account_id)``) holds
+what that Klaviyo account accepted, apart from what another Klaviyo account the shop was connected
+to before accepted: after a shop switches Klaviyo accounts everyone is pushed to the new one, and
+on switching back the old account's rows still guard against lifting unsubscribes made there.
+Rows written before the scope existed (or by a ledger opened without one) have the empty scope
+``''``; ``adopt_unscoped`` gives them to the account the shop is connected to.
+
 States: ``none`` (nothing accepted yet, only an intent), ``subscribed`` (into ``list_id`` with the
 consent at ``decided_at``), ``unsubscribed`` (the opt-out at ``decided_at``), ``rejected``
 (Klaviyo refused the row for ``reason``; not retried until the person's consent changes). A run
@@ -40,6 +47,7 @@ __all__ = ["LedgerEntry", "PushLedger"]
 _SCHEMA = """
 create table if not exists push_ledger (
     recart_account_id text not null,
+    klaviyo_account_id text not null default '',
     channel text not null check (channel in ('email', 'sms')),
     contact text not null,
     subscriber_id text not null,
@@ -53,9 +61,14 @@ create table if not exists push_ledger (
     pending_list_id text,
     pending_decided_at text,
     pending_since text,
-    primary key (recart_account_id, channel, contact)
+    primary key (recart_account_id, klaviyo_account_id, channel, contact)
 );
 """
+# The columns every version of the table has, in the order of _SCHEMA (for the scope migration).
+_COLUMNS_BEFORE_SCOPE = (
+    "recart_account_id, channel, contact, subscriber_id, state, list_id, decided_at, reason, pushed_at,"
+    " run_id, pending_state, pending_list_id, pending_decided_at, pending_since"
+)
 _BUSY_TIMEOUT_SECONDS = 60.0
 
 
@@ -92,24 +105,59 @@ def _parse(value: str | None) -> datetime | None:
 class PushLedger:
     """The ledger on a SQLite file (WAL, busy timeout): safe for many processes at once."""
 
-    def __init__(self, path: str | Path) -> None:
-        """Open (creating if needed) the ledger tables in the SQLite file at ``path``."""
+    def __init__(self, path: str | Path, klaviyo_account_id: str | None = None) -> None:
+        """Open (creating if needed) the ledger tables in the SQLite file at ``path``, scoped to
+        what ``klaviyo_account_id`` accepted (None: the empty scope, rows of no known account)."""
         self.path = Path(path)
+        self.scope = klaviyo_account_id or ""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_SECONDS, isolation_level=None)
         self._db.execute(f"pragma busy_timeout = {int(_BUSY_TIMEOUT_SECONDS * 1000)}")
         self._db.execute("pragma journal_mode = wal")
         # FULL: a batch Klaviyo accepted stays recorded even if the machine loses power right after.
         self._db.execute("pragma synchronous = full")
-        self._db.executescript(_SCHEMA)
         self._add_missing_columns()
+        self._db.executescript(_SCHEMA)
 
     def _add_missing_columns(self) -> None:
-        """A ledger written by an older version gains the columns added since (nullable, additive)."""
+        """A ledger written by an older version gains the columns added since: the intent columns
+        (nullable, additive), then the Klaviyo account scope, which is part of the primary key, so
+        the table is rebuilt with its rows in the empty scope (one transaction)."""
         have = {row[1] for row in self._db.execute("pragma table_info(push_ledger)")}
+        if not have:
+            return  # a new file: _SCHEMA creates the current table
         for name in ("pending_state", "pending_list_id", "pending_decided_at", "pending_since"):
             if name not in have:
                 self._db.execute(f"alter table push_ledger add column {name} text")
+        if "klaviyo_account_id" not in have:
+            with self._write() as db:
+                if "klaviyo_account_id" in {row[1] for row in db.execute("pragma table_info(push_ledger)")}:
+                    return  # another process migrated it meanwhile
+                db.execute("alter table push_ledger rename to push_ledger_before_scope")
+                db.execute(_SCHEMA)  # one statement (executescript would commit half-way)
+                db.execute(
+                    f"insert into push_ledger ({_COLUMNS_BEFORE_SCOPE}) select {_COLUMNS_BEFORE_SCOPE}"
+                    " from push_ledger_before_scope"
+                )
+                db.execute("drop table push_ledger_before_scope")
+
+    def adopt_unscoped(self, recart_account_id: str) -> int:
+        """Give an account's rows of the empty scope (written before the scope existed) to this
+        ledger's Klaviyo account, unless it has rows of its own; returns how many moved."""
+        if not self.scope:
+            return 0
+        with self._write() as db:
+            owned = db.execute(
+                "select 1 from push_ledger where recart_account_id = ? and klaviyo_account_id = ? limit 1",
+                (recart_account_id, self.scope),
+            ).fetchone()
+            if owned:
+                return 0
+            return db.execute(
+                "update push_ledger set klaviyo_account_id = ?"
+                " where recart_account_id = ? and klaviyo_account_id = ''",
+                (self.scope, recart_account_id),
+            ).rowcount
 
     def close(self) -> None:
         """Close the file (idempotent)."""
@@ -139,8 +187,8 @@ class PushLedger:
         rows = self._db.execute(
             "select channel, contact, subscriber_id, state, list_id, decided_at, reason, pending_state,"
             " pending_list_id, pending_decided_at, pending_since"
-            " from push_ledger where recart_account_id = ?",
-            (recart_account_id,),
+            " from push_ledger where recart_account_id = ? and klaviyo_account_id = ?",
+            (recart_account_id, self.scope),
         ).fetchall()
         return {
             (row[0], row[1]): LedgerEntry(
@@ -155,21 +203,22 @@ class PushLedger:
             for row in rows
         }
 
-    # Both writes bind the same ten values (numbered): ?1 account, ?2 channel, ?3 contact,
-    # ?4 subscriber, ?5 state, ?6 list id, ?7 decided at, ?8 reason, ?9 now, ?10 run id.
+    # Both writes bind the same eleven values (numbered): ?1 account, ?2 channel, ?3 contact,
+    # ?4 subscriber, ?5 state, ?6 list id, ?7 decided at, ?8 reason, ?9 now, ?10 run id, ?11 scope.
     _INTEND_SQL = (
         "insert into push_ledger (recart_account_id, channel, contact, subscriber_id, state,"
-        " pending_state, pending_list_id, pending_decided_at, pending_since, run_id)"
-        " values (?1, ?2, ?3, ?4, 'none', ?5, ?6, ?7, ?9, ?10)"
-        " on conflict (recart_account_id, channel, contact) do update set"
+        " pending_state, pending_list_id, pending_decided_at, pending_since, run_id, klaviyo_account_id)"
+        " values (?1, ?2, ?3, ?4, 'none', ?5, ?6, ?7, ?9, ?10, ?11)"
+        " on conflict (recart_account_id, klaviyo_account_id, channel, contact) do update set"
         " pending_state = excluded.pending_state, pending_list_id = excluded.pending_list_id,"
         " pending_decided_at = excluded.pending_decided_at,"
         " pending_since = excluded.pending_since, run_id = excluded.run_id"
     )
     _RECORD_SQL = (
         "insert into push_ledger (recart_account_id, channel, contact, subscriber_id, state, list_id,"
-        " decided_at, reason, pushed_at, run_id) values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
-        " on conflict (recart_account_id, channel, contact) do update set"
+        " decided_at, reason, pushed_at, run_id, klaviyo_account_id)"
+        " values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+        " on conflict (recart_account_id, klaviyo_account_id, channel, contact) do update set"
         " subscriber_id = excluded.subscriber_id, state = excluded.state, list_id = excluded.list_id,"
         " decided_at = excluded.decided_at, reason = excluded.reason, pushed_at = excluded.pushed_at,"
         " run_id = excluded.run_id,"
@@ -205,6 +254,7 @@ class PushLedger:
                 e.reason,
                 now,
                 run_id,
+                self.scope,
             )
             for e in entries
         ]
@@ -216,18 +266,18 @@ class PushLedger:
     def withdraw_intents(self, recart_account_id: str, entries: Iterable[LedgerEntry]) -> int:
         """Clear the intents of rows whose batch Klaviyo refused (a 400 changes nothing there): each
         row is back to its last accepted state, and a row that never had one is dropped."""
-        keys = [(recart_account_id, e.channel, e.contact) for e in entries]
+        keys = [(recart_account_id, self.scope, e.channel, e.contact) for e in entries]
         if keys:
             with self._write() as db:
                 db.executemany(
                     "update push_ledger set pending_state = null, pending_list_id = null,"
                     " pending_decided_at = null, pending_since = null"
-                    " where recart_account_id = ? and channel = ? and contact = ?",
+                    " where recart_account_id = ? and klaviyo_account_id = ? and channel = ? and contact = ?",
                     keys,
                 )
                 db.executemany(
-                    "delete from push_ledger where recart_account_id = ? and channel = ? and contact = ?"
-                    " and state = 'none'",
+                    "delete from push_ledger where recart_account_id = ? and klaviyo_account_id = ?"
+                    " and channel = ? and contact = ? and state = 'none'",
                     keys,
                 )
         return len(keys)
@@ -236,20 +286,22 @@ class PushLedger:
         """How many contact points the ledger holds per state for one account."""
         counts = dict(
             self._db.execute(
-                "select state, count(*) from push_ledger where recart_account_id = ? and state != 'none'"
-                " group by state",
-                (recart_account_id,),
+                "select state, count(*) from push_ledger where recart_account_id = ?"
+                " and klaviyo_account_id = ? and state != 'none' group by state",
+                (recart_account_id, self.scope),
             ).fetchall()
         )
         counts["pending"] = self._db.execute(
-            "select count(*) from push_ledger where recart_account_id = ? and pending_state is not null",
-            (recart_account_id,),
+            "select count(*) from push_ledger where recart_account_id = ? and klaviyo_account_id = ?"
+            " and pending_state is not null",
+            (recart_account_id, self.scope),
         ).fetchone()[0]
         return counts
 
     def forget(self, recart_account_id: str) -> int:
-        """Drop an account's ledger (its next push sends everything the plan holds again)."""
+        """Drop an account's ledger in this scope (its next push sends everything the plan holds again)."""
         with self._write() as db:
             return db.execute(
-                "delete from push_ledger where recart_account_id = ?", (recart_account_id,)
+                "delete from push_ledger where recart_account_id = ? and klaviyo_account_id = ?",
+                (recart_account_id, self.scope),
             ).rowcount

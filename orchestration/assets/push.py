@@ -20,9 +20,9 @@ from orchestration.resources import KlaviyoResource, WarehouseResource, require_
 from orchestration.subscriber_push import (
     DEFAULT_MAX_KLAVIYO_REJECTIONS,
     PushNotConfigured,
+    ledger_of_connection,
     push_connected_account,
 )
-from warehouse.push_ledger import PushLedger
 
 SUBSCRIBER_PUSH = dg.AssetKey(["klaviyo", "subscriber_push"])
 DESIRED_STATE = dg.AssetKey(["push", "klaviyo_push_desired_state"])
@@ -89,7 +89,7 @@ def subscriber_push(
             )
         except PushNotConfigured as error:
             raise dg.Failure(description=str(error), allow_retries=False) from None
-        with PushLedger(store.path) as ledger:
+        with ledger_of_connection(store, account_id) as ledger:
             ledger_counts = ledger.counts(account_id)
     assert result is not None
     figures = result.as_metadata()

@@ -25,8 +25,7 @@ from connectors.recart.models import all_ddl
 from klaviyo_sandbox.server import RunningSandbox
 from orchestration.dbt_manifest import run_dbt
 from orchestration.resources import KlaviyoResource
-from orchestration.subscriber_push import PushPlan, PushResult, push_account
-from warehouse.push_ledger import PushLedger
+from orchestration.subscriber_push import PushPlan, PushResult, ledger_of_connection, push_account
 
 RECART_ACCOUNT = "shop-push"
 RAW_SUBSCRIBER_TYPES = {
@@ -167,7 +166,10 @@ class PushWorld:
         """Plan and push the account (``dry_run``, ``concurrency``, …)."""
 
         async def run() -> tuple[PushPlan, PushResult | None]:
-            with self.klaviyo.store() as store, PushLedger(self.klaviyo.state_db) as ledger:
+            with (
+                self.klaviyo.store() as store,
+                ledger_of_connection(store, self.recart_account_id) as ledger,
+            ):
                 settings = store.push_settings(self.recart_account_id)
                 assert settings is not None
                 async with self.klaviyo.client(store, self.recart_account_id) as client:
@@ -177,7 +179,7 @@ class PushWorld:
 
     def ledger(self) -> dict:
         """The account's ledger entries."""
-        with PushLedger(self.klaviyo.state_db) as ledger:
+        with self.klaviyo.store() as store, ledger_of_connection(store, self.recart_account_id) as ledger:
             return ledger.entries(self.recart_account_id)
 
     def rejections(self) -> list[tuple]:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from connectors.klaviyo.push_settings import PushSettingsError
-from orchestration.subscriber_push import PushAborted, read_desired_state
+from orchestration.subscriber_push import PushAborted, ledger_of_connection, read_desired_state
 
 CONSENT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -178,7 +178,7 @@ def test_withdrawn_consent_reaches_klaviyo_also_without_an_opt_out_time_or_after
         # a phone that never had SMS consent: nothing to withdraw, never unsubscribed
         {"subscriber_id": "never", "phone": "(415) 555-0099", "updated_at": later},
     )
-    plan, result = world.push()
+    _plan, result = world.push()
 
     assert result.unsubscribed == 2 and result.subscribed == 0
     assert world.profile("person1@example.com")["email_marketing"]["consent"] == "UNSUBSCRIBED"
@@ -386,7 +386,7 @@ def test_a_crashed_push_is_settled_with_klaviyo_before_anything_is_sent_again(ma
     import asyncio
 
     from connectors.klaviyo.models import SubscribeProfile
-    from warehouse.push_ledger import LedgerEntry, PushLedger
+    from warehouse.push_ledger import LedgerEntry
 
     world = make_push_world()
     doi = world.create_list("Newsletter", "double_opt_in")
@@ -395,7 +395,7 @@ def test_a_crashed_push_is_settled_with_klaviyo_before_anything_is_sent_again(ma
     consent = {n: CONSENT + timedelta(minutes=n) for n in (1, 2, 3)}
     # A run crashed after asking Klaviyo for all three (its intents are in the ledger) and before
     # recording the answer; Klaviyo had applied 1 and 2 only.
-    with PushLedger(world.klaviyo.state_db) as ledger:
+    with world.klaviyo.store() as store, ledger_of_connection(store, world.recart_account_id) as ledger:
         ledger.intend(
             world.recart_account_id,
             [

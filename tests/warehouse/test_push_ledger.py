@@ -1,4 +1,5 @@
-"""The push ledger on its own: intents, accepted state, accounts kept apart, and older files upgraded."""
+"""The push ledger on its own: intents, accepted state, accounts (Recart and Klaviyo) kept apart, and
+older files upgraded."""
 
 from __future__ import annotations
 
@@ -63,3 +64,35 @@ def test_a_ledger_written_by_an_older_version_gains_the_new_columns(tmp_path):
         AT,
         None,
     )
+    # The Klaviyo account scope came with a rebuilt table: the row is in the empty scope, and the
+    # new primary key holds the scope.
+    check = sqlite3.connect(path)
+    assert check.execute("select klaviyo_account_id from push_ledger").fetchall() == [("",)]
+    key = [row[1] for row in check.execute("pragma table_info(push_ledger)") if row[5]]
+    assert key == ["recart_account_id", "klaviyo_account_id", "channel", "contact"]
+    assert check.execute("select name from sqlite_master where name like '%before_scope'").fetchall() == []
+    check.close()
+
+
+def test_each_klaviyo_account_has_its_own_ledger_and_old_rows_go_to_the_connected_one(tmp_path):
+    path = tmp_path / "state.db"
+    subscribed = [LedgerEntry("email", "a@example.com", "s1", "subscribed", "L1", AT)]
+    with PushLedger(path) as unscoped:  # rows from before the scope existed
+        unscoped.record("shop-1", subscribed)
+
+    with PushLedger(path, "K1") as first:
+        assert first.entries("shop-1") == {}
+        assert first.adopt_unscoped("shop-1") == 1
+        assert list(first.entries("shop-1")) == [("email", "a@example.com")]
+    # The shop switches to Klaviyo account K2: nothing is known to be accepted there.
+    with PushLedger(path, "K2") as second:
+        assert second.adopt_unscoped("shop-1") == 0 and second.entries("shop-1") == {}
+        second.record("shop-1", [LedgerEntry("email", "a@example.com", "s1", "unsubscribed", None, AT)])
+        assert second.counts("shop-1") == {"unsubscribed": 1, "pending": 0}
+    # Back on K1: what K1 accepted is still known (and guards unsubscribes made there).
+    with PushLedger(path, "K1") as first_again:
+        [entry] = first_again.entries("shop-1").values()
+        assert (entry.state, entry.list_id) == ("subscribed", "L1")
+        assert first_again.forget("shop-1") == 1
+    with PushLedger(path, "K2") as second_again:
+        assert second_again.counts("shop-1") == {"unsubscribed": 1, "pending": 0}
