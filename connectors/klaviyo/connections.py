@@ -202,7 +202,8 @@ create table if not exists push_settings (
     list_names text not null default '{}',
     enabled integer not null,
     enabled_since text,
-    updated_at text not null
+    updated_at text not null,
+    klaviyo_account_id text  -- whose lists these are (null: saved before this column existed)
 );
 """
 
@@ -803,7 +804,9 @@ class ConnectionStore:
     def set_push_settings(self, settings: PushSettings) -> PushSettings:
         """Save an account's push settings (validate them first: ``validate_push_settings``).
 
-        ``enabled_since`` is kept from the first time the push was enabled; the change is audited.
+        ``enabled_since`` is kept from the first time the push was enabled (for the same Klaviyo
+        account); the settings belong to the Klaviyo account the shop is connected to now (see
+        ``push_settings``); the change is audited.
         """
         now = self._now()
         with self._write() as db:
@@ -815,17 +818,20 @@ class ConnectionStore:
                     settings.recart_account_id, "cannot hold push settings; connect again"
                 )
             row = db.execute(
-                "select enabled_since from push_settings where recart_account_id = ?",
+                "select enabled_since, klaviyo_account_id from push_settings where recart_account_id = ?",
                 (settings.recart_account_id,),
             ).fetchone()
-            since = row[0] if row and row[0] else (_iso(now) if settings.enabled else None)
+            same_account = row is not None and row[1] in (None, current.klaviyo_account_id)
+            since = row[0] if same_account and row[0] else (_iso(now) if settings.enabled else None)
             db.execute(
                 "insert into push_settings (recart_account_id, email_list_id, sms_list_id, sms_countries,"
-                " list_names, enabled, enabled_since, updated_at) values (?, ?, ?, ?, ?, ?, ?, ?)"
+                " list_names, enabled, enabled_since, updated_at, klaviyo_account_id)"
+                " values (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " on conflict (recart_account_id) do update set email_list_id = excluded.email_list_id,"
                 " sms_list_id = excluded.sms_list_id, sms_countries = excluded.sms_countries,"
                 " list_names = excluded.list_names, enabled = excluded.enabled,"
-                " enabled_since = excluded.enabled_since, updated_at = excluded.updated_at",
+                " enabled_since = excluded.enabled_since, updated_at = excluded.updated_at,"
+                " klaviyo_account_id = excluded.klaviyo_account_id",
                 (
                     settings.recart_account_id,
                     settings.email_list_id,
@@ -835,6 +841,7 @@ class ConnectionStore:
                     int(settings.enabled),
                     since,
                     _iso(now),
+                    current.klaviyo_account_id,
                 ),
             )
             self._event(
@@ -854,20 +861,27 @@ class ConnectionStore:
         return saved
 
     def push_settings(self, recart_account_id: str) -> PushSettings | None:
-        """The account's push settings, or None when the shop has not chosen a list yet."""
+        """The account's push settings, or None when the shop has not chosen a list yet in the
+        Klaviyo account it is connected to now (lists chosen in another Klaviyo account, before the
+        shop switched, do not exist in this one: the shop chooses again)."""
         with self._lock:
             row = (
                 self._conn()
                 .execute(
                     "select email_list_id, sms_list_id, sms_countries, list_names, enabled, enabled_since,"
-                    " updated_at from push_settings where recart_account_id = ?",
+                    " push_settings.updated_at, push_settings.klaviyo_account_id,"
+                    " connections.klaviyo_account_id"
+                    " from push_settings left join connections using (recart_account_id)"
+                    " where recart_account_id = ?",
                     (recart_account_id,),
                 )
                 .fetchone()
             )
         if row is None:
             return None
-        email_list, sms_list, countries, names, enabled, since, updated = row
+        email_list, sms_list, countries, names, enabled, since, updated, owner, connected = row
+        if owner is not None and owner != connected:
+            return None
         return PushSettings(
             recart_account_id=recart_account_id,
             email_list_id=email_list,
@@ -954,6 +968,9 @@ class ConnectionStore:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            push_settings_columns = {row[1] for row in db.execute("pragma table_info(push_settings)")}
+            if "klaviyo_account_id" not in push_settings_columns:  # a store from before it existed
+                db.execute("alter table push_settings add column klaviyo_account_id text")
             row = db.execute("select max(version) from schema_version").fetchone()
             if row[0] is None:
                 db.execute("insert into schema_version (version) values (?)", (SCHEMA_VERSION,))

@@ -498,6 +498,34 @@ def test_schema_is_created_once_and_reopening_keeps_data(db_path: Path, key: str
         assert raw.execute("select count(*) from pending_authorizations").fetchone() == (3,)
 
 
+def test_push_settings_belong_to_the_klaviyo_account_they_were_chosen_in(
+    db_path: Path, key: str, clock: Clock
+) -> None:
+    from connectors.klaviyo.push_settings import PushSettings
+
+    with ConnectionStore(db_path, key, clock=clock) as store:
+        store.save_connection("shop-1", "K1", tokens(), ConnectionState.ACTIVE)
+        store.set_push_settings(PushSettings("shop-1", email_list_id="L1"))
+    # A store from before the column existed: its settings have no owner, and stay the shop's.
+    with sqlite3.connect(db_path) as raw:
+        raw.execute("alter table push_settings drop column klaviyo_account_id")
+    clock.advance(60)
+    with ConnectionStore(db_path, key, clock=clock) as store:
+        first = store.push_settings("shop-1")
+        assert first is not None and first.email_list_id == "L1"
+        store.set_push_settings(first)  # saved again: now owned by K1, enabled_since kept
+        assert store.push_settings("shop-1").enabled_since == first.enabled_since  # type: ignore[union-attr]
+
+        store.save_connection("shop-1", "K2", tokens("new"), ConnectionState.ACTIVE)  # switched account
+        assert store.push_settings("shop-1") is None
+        clock.advance(60)
+        store.set_push_settings(PushSettings("shop-1", email_list_id="L2"))
+        second = store.push_settings("shop-1")
+        assert second is not None and second.email_list_id == "L2"
+        # The push starts over in K2: opt-outs from before it are not K2's business.
+        assert second.enabled_since == clock.now and first.enabled_since == clock.now - timedelta(seconds=120)
+
+
 def test_closed_store_refuses_work(db_path: Path, key: str) -> None:
     store = ConnectionStore(db_path, key)
     store.close()

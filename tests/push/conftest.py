@@ -78,8 +78,15 @@ class PushWorld:
     klaviyo: KlaviyoResource
     warehouse: Path
     account_id: str  # the sandbox (Klaviyo) account
+    connect: Callable[[str, int], Any]  # World.connect: (Recart account, sandbox account index)
+    accounts: list[dict]  # the sandbox's accounts
     recart_account_id: str = RECART_ACCOUNT
     _rows: count = field(default_factory=lambda: count(1))
+
+    def switch_klaviyo_account(self, index: int) -> None:
+        """The shop connects (through OAuth) to another of the sandbox's Klaviyo accounts."""
+        self.connect(self.recart_account_id, index)
+        self.account_id = self.accounts[index]["id"]
 
     # ----------------------------------------------------------------- Klaviyo side
 
@@ -206,7 +213,13 @@ def make_push_world(make_world, push_view_warehouse: Path, tmp_path: Path) -> Ca
         warehouse = tmp_path / "warehouse.duckdb"
         shutil.copyfile(push_view_warehouse, warehouse)
         return PushWorld(
-            world.running, world.control, world.klaviyo, warehouse, world.accounts[account_index]["id"]
+            world.running,
+            world.control,
+            world.klaviyo,
+            warehouse,
+            world.accounts[account_index]["id"],
+            world.connect,
+            world.accounts,
         )
 
     return build

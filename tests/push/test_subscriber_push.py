@@ -191,6 +191,32 @@ def test_withdrawn_consent_reaches_klaviyo_also_without_an_opt_out_time_or_after
     assert world.push()[1].api_calls == 0  # settled: nothing sent again
 
 
+def test_a_shop_that_switches_klaviyo_accounts_gets_everyone_pushed_to_the_new_one(make_push_world):
+    world = make_push_world(account_index=0)
+    first_list = world.create_list("Newsletter")
+    world.configure(email_list_id=first_list)
+    world.land_subscribers(*(email_subscriber(n) for n in range(3)))
+    world.push()
+
+    world.switch_klaviyo_account(1)
+    with world.klaviyo.store() as store:  # lists of the old account do not exist in the new one
+        assert store.push_settings(world.recart_account_id) is None
+    second_list = world.create_list("Newsletter")
+    world.configure(email_list_id=second_list)
+    plan, result = world.push()
+
+    assert result.subscribed == 3 and plan.moves == {} and world.rejections() == []
+    assert world.members(second_list) == {f"person{n}@example.com" for n in range(3)}
+    assert world.profile("person1@example.com")["email_marketing"]["consent"] == "SUBSCRIBED"
+
+    # Back to the first account: what it accepted is still known, so nothing is sent again (a
+    # second subscribe would lift an unsubscribe made in Klaviyo since).
+    world.switch_klaviyo_account(0)
+    world.configure(email_list_id=first_list)
+    plan, result = world.push()
+    assert result.api_calls == 0 and plan.unchanged == 3
+
+
 def test_an_opt_out_reaches_klaviyo_after_the_shop_stopped_pushing_its_channel(make_push_world):
     world = make_push_world()
     emails, texts = world.create_list("Email"), world.create_list("SMS")
