@@ -178,8 +178,10 @@ class KlaviyoList:
 
     @property
     def is_double_opt_in(self) -> bool:
-        """True when subscribing without ``historical_import`` makes Klaviyo send a confirmation."""
-        return self.opt_in_process == "double_opt_in"
+        """True when subscribing without ``historical_import`` may make Klaviyo send a confirmation:
+        a double opt-in list, or one whose opt-in process is not said (null: the account's default
+        applies, which may be double opt-in). Only a list that says single opt-in is not."""
+        return self.opt_in_process != "single_opt_in"
 
     @classmethod
     def from_resource(cls, resource: Mapping[str, Any], endpoint: str = "GET /api/lists") -> Self:

@@ -131,6 +131,11 @@ def test_groups_and_profiles_parse() -> None:
         )
     )
     assert the_list.is_double_opt_in and the_list.profile_count == 3 and the_list.updated is None
+    # Not said (null): the account's default applies, which may be double opt-in, so no confirmation
+    # may go out because of us either; only a list that says single opt-in is one.
+    assert KlaviyoList.from_resource(_resource("list", name="L", opt_in_process=None)).is_double_opt_in
+    single = KlaviyoList.from_resource(_resource("list", name="L", opt_in_process="single_opt_in"))
+    assert not single.is_double_opt_in
     segment = Segment.from_resource(_resource("segment", name="S", is_active=True, is_processing=False))
     assert segment.profile_count is None and segment.is_active
     with pytest.raises(MalformedResponseError, match="'name'"):
