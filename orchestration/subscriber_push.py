@@ -60,7 +60,7 @@ from connectors.klaviyo.config import KlaviyoSettings
 from connectors.klaviyo.connections import ConnectionStore
 from connectors.klaviyo.errors import InvalidRequestError, KlaviyoError
 from connectors.klaviyo.models import SubscribeProfile
-from connectors.klaviyo.oauth import KlaviyoOAuth
+from connectors.klaviyo.oauth import KlaviyoOAuth, held_in_own_thread
 from connectors.klaviyo.push_settings import PushSettings
 from warehouse.duckdb_file import read_connection, write_connection
 from warehouse.push_ledger import LedgerEntry, PushLedger
@@ -914,8 +914,10 @@ async def push_connected_account(
     if not settings.enabled:
         raise PushNotConfigured(f"the subscriber push of {recart_account_id} is switched off")
     oauth = KlaviyoOAuth(klaviyo, store)
-    with ledger_of_connection(store, recart_account_id) as ledger:
-        async with KlaviyoClient(
-            klaviyo, oauth.credentials(recart_account_id), max_concurrency=max_concurrency
-        ) as client:
-            return await push_account(client, ledger, settings, warehouse_path, **options)
+    # One push of a shop at a time (see ConnectionStore.push_lock); the ledger is read inside it.
+    async with held_in_own_thread(lambda: store.push_lock(recart_account_id)):
+        with ledger_of_connection(store, recart_account_id) as ledger:
+            async with KlaviyoClient(
+                klaviyo, oauth.credentials(recart_account_id), max_concurrency=max_concurrency
+            ) as client:
+                return await push_account(client, ledger, settings, warehouse_path, **options)

@@ -25,7 +25,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -655,15 +655,34 @@ class ConnectionStore:
             )
         return True
 
-    @contextmanager
-    def refresh_lock(self, recart_account_id: str, timeout: float = 30.0) -> Iterator[None]:
+    def refresh_lock(self, recart_account_id: str, timeout: float = 30.0) -> AbstractContextManager[None]:
         """Hold the refresh lock of one connection: exclusive across threads and processes.
 
         Refresh inside it as: re-read ``require``/``tokens``; if still stale, refresh, then
         ``replace_tokens(expected_version=...)``. Re-entrant within a thread. ``TimeoutError`` after
         ``timeout`` seconds of waiting.
         """
-        path = self._lock_dir / f"{hashlib.sha256(recart_account_id.encode('utf-8')).hexdigest()}.lock"
+        return self._account_lock(recart_account_id, "", "token refresh", timeout)
+
+    def push_lock(self, recart_account_id: str, timeout: float = 30 * 60.0) -> AbstractContextManager[None]:
+        """Hold the subscriber push lock of one account: one push of a shop at a time, across
+        threads and processes (the schedule, the landing sensor and the CLI may start one each).
+
+        Two overlapping pushes would each plan from a ledger the other is changing: a subscribe
+        planned from older data could reach Klaviyo after a newer opt-out. Re-entrant within a
+        thread; ``TimeoutError`` after ``timeout`` seconds of waiting (a push of 200k contacts takes
+        minutes).
+        """
+        return self._account_lock(recart_account_id, "push:", "subscriber push", timeout)
+
+    @contextmanager
+    def _account_lock(
+        self, recart_account_id: str, prefix: str, purpose: str, timeout: float
+    ) -> Iterator[None]:
+        """An exclusive lock per account and purpose: a thread lock, then ``flock`` on a file in the
+        lock folder (its name hashes ``prefix`` + the account, so any account id makes a safe name)."""
+        name = hashlib.sha256((prefix + recart_account_id).encode("utf-8")).hexdigest()
+        path = self._lock_dir / f"{name}.lock"
         key = str(path.resolve())
         if not hasattr(_HELD, "depth"):
             _HELD.depth = {}
@@ -679,11 +698,11 @@ class ConnectionStore:
         deadline = time.monotonic() + timeout
         thread_lock = _thread_lock(key)
         if not thread_lock.acquire(timeout=max(timeout, 0.0)):
-            raise _lock_timeout(recart_account_id, timeout)
+            raise _lock_timeout(recart_account_id, purpose, timeout)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
-                _flock_until(fd, deadline, recart_account_id, timeout)
+                _flock_until(fd, deadline, recart_account_id, purpose, timeout)
                 held[key] = 1
                 try:
                     yield
@@ -1073,14 +1092,14 @@ def _build_fernet(encryption_keys: str | Sequence[str]) -> MultiFernet:
     return MultiFernet(fernets)
 
 
-def _lock_timeout(recart_account_id: str, timeout: float) -> TimeoutError:
+def _lock_timeout(recart_account_id: str, purpose: str, timeout: float) -> TimeoutError:
     return TimeoutError(
-        f"Timed out after {timeout:g} s waiting for the token refresh lock of Recart account "
-        f"{recart_account_id!r} (another thread or process is refreshing it)"
+        f"Timed out after {timeout:g} s waiting for the {purpose} lock of Recart account "
+        f"{recart_account_id!r} (another thread or process holds it)"
     )
 
 
-def _flock_until(fd: int, deadline: float, recart_account_id: str, timeout: float) -> None:
+def _flock_until(fd: int, deadline: float, recart_account_id: str, purpose: str, timeout: float) -> None:
     """Take an exclusive flock on ``fd``, polling (flock has no timeout of its own) until ``deadline``."""
     delay = 0.002
     while True:
@@ -1090,6 +1109,6 @@ def _flock_until(fd: int, deadline: float, recart_account_id: str, timeout: floa
         except BlockingIOError:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise _lock_timeout(recart_account_id, timeout) from None
+                raise _lock_timeout(recart_account_id, purpose, timeout) from None
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, 0.05)

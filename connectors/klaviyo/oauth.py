@@ -171,10 +171,11 @@ class _BorrowedTransport(httpx2.AsyncBaseTransport):
 
 
 @asynccontextmanager
-async def _held_in_own_thread(lock: Callable[[], AbstractContextManager[Any]]) -> AsyncIterator[None]:
+async def held_in_own_thread(lock: Callable[[], AbstractContextManager[Any]]) -> AsyncIterator[None]:
     """Hold a blocking (thread-bound) lock for the duration of an ``async with`` block.
 
-    ``ConnectionStore.refresh_lock`` blocks while it waits and is re-entrant per thread. Entered on the
+    For ``ConnectionStore.refresh_lock`` and ``push_lock``: they block while they wait and are
+    re-entrant per thread. Entered on the
     event loop's thread it would stall every other coroutine while waiting, and two coroutines of one
     loop would both "re-enter" it and refresh at once. So each acquisition gets its own thread, which
     enters the lock, waits for the block to finish, and exits it on the same thread.
@@ -192,7 +193,7 @@ async def _held_in_own_thread(lock: Callable[[], AbstractContextManager[Any]]) -
             failure.append(error)
             entered.set()
 
-    thread = threading.Thread(target=hold, name="klaviyo-refresh-lock", daemon=True)
+    thread = threading.Thread(target=hold, name="klaviyo-account-lock", daemon=True)
     thread.start()
     try:
         await asyncio.to_thread(entered.wait)
@@ -758,7 +759,7 @@ class KlaviyoOAuth:
         ``refresh_lock`` (``TimeoutError`` after ``REFRESH_LOCK_TIMEOUT_SECONDS``). Not re-entrant."""
         async with (
             self._local_lock(recart_account_id),
-            _held_in_own_thread(
+            held_in_own_thread(
                 lambda: self.store.refresh_lock(recart_account_id, timeout=REFRESH_LOCK_TIMEOUT_SECONDS)
             ),
         ):

@@ -217,6 +217,40 @@ def test_a_shop_that_switches_klaviyo_accounts_gets_everyone_pushed_to_the_new_o
     assert result.api_calls == 0 and plan.unchanged == 3
 
 
+def test_one_push_of_a_shop_at_a_time(make_push_world):
+    """A second push of the shop (the schedule and the landing sensor may both start one) waits
+    for the first to finish, then plans from the ledger the first left: nothing is sent twice."""
+    import asyncio
+    import threading
+
+    from orchestration.subscriber_push import push_connected_account
+
+    world = make_push_world()
+    world.configure(email_list_id=world.create_list("Everyone"))
+    world.land_subscribers(*(email_subscriber(n) for n in range(3)))
+    results: list = []
+
+    def push_through_the_entry_point() -> None:
+        with world.klaviyo.store() as store:
+            results.append(
+                asyncio.run(
+                    push_connected_account(
+                        world.klaviyo.settings(), store, world.recart_account_id, world.warehouse
+                    )
+                )[1]
+            )
+
+    with world.klaviyo.store() as store, store.push_lock(world.recart_account_id):  # a push running
+        waiting = threading.Thread(target=push_through_the_entry_point)
+        waiting.start()
+        waiting.join(timeout=1.5)
+        assert waiting.is_alive() and world.subscription_jobs() == []  # held back, nothing sent
+    waiting.join(timeout=60)
+    assert not waiting.is_alive() and results[0].subscribed == 3
+    push_through_the_entry_point()  # the next one finds all three accepted
+    assert results[1].api_calls == 0 and len(world.subscription_jobs()) == 1
+
+
 def test_an_opt_out_reaches_klaviyo_after_the_shop_stopped_pushing_its_channel(make_push_world):
     world = make_push_world()
     emails, texts = world.create_list("Email"), world.create_list("SMS")
