@@ -466,6 +466,11 @@ def cmd_push(args: argparse.Namespace) -> int:
                 f"{figures['unchanged']} unchanged, "
                 f"{figures['api_calls']} API calls in {figures['seconds']:.1f} s"
             )
+            if not plan.settings.enabled:
+                held_back = plan.not_pushed.get("push switched off", 0)
+                print(
+                    f"The push of {account} is switched off: opt-outs only ({held_back} consents held back)."
+                )
         return EXIT_OK
     finally:
         store.close()
@@ -538,7 +543,13 @@ def build_parser() -> argparse.ArgumentParser:
     push_settings.add_argument("--sms-countries", help="countries the account's SMS covers, e.g. US,CA")
     switch = push_settings.add_mutually_exclusive_group()
     switch.add_argument("--enable", dest="enabled", action="store_const", const=True, default=None)
-    switch.add_argument("--disable", dest="enabled", action="store_const", const=False)
+    switch.add_argument(
+        "--disable",
+        dest="enabled",
+        action="store_const",
+        const=False,
+        help="stop pushing consent (opt-outs of contacts the push subscribed still go out)",
+    )
     push_settings.add_argument("--json", action="store_true", help="print the settings as JSON")
     push_settings.set_defaults(func=cmd_push_settings)
 

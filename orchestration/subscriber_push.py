@@ -25,7 +25,8 @@ Plan, then push:
    out again once the shop fixed its Klaviyo setup.
 
 Opt-outs need no list: one goes out for every contact the push subscribed, also after the shop
-stopped pushing that channel to a list.
+stopped pushing that channel to a list, and also while the shop has the push switched off (then
+nothing else is sent).
 
 Rejections (unreadable contacts, consent without a time, phones that are not valid E.164 or in a
 country outside the account's SMS setup, rows Klaviyo refused) are written to the warehouse table
@@ -99,7 +100,8 @@ class PushAborted(KlaviyoError):
 
 
 class PushNotConfigured(KlaviyoError):
-    """The account has no push settings, or the shop switched the push off."""
+    """The push cannot run until someone sets it up: the account has no push settings (lists), or
+    the warehouse lacks the desired-state view (dbt has not built it yet)."""
 
 
 # ---------------------------------------------------------------------------- the plan
@@ -234,7 +236,7 @@ def read_desired_state(warehouse_path: str | Path, recart_account_id: str) -> li
                 [recart_account_id],
             ).fetchall()
         except duckdb.CatalogException as exc:
-            raise RuntimeError(
+            raise PushNotConfigured(
                 f"{DESIRED_STATE_RELATION} is missing from {warehouse_path}: build it with dbt "
                 "(materialize push/klaviyo_push_desired_state in Dagster, or make demo)"
             ) from exc
@@ -263,7 +265,7 @@ def mirror_account_lists(warehouse_path: str | Path, settings: PushSettings) -> 
             conn.execute("commit")
         except duckdb.CatalogException as exc:
             conn.execute("rollback")
-            raise RuntimeError(
+            raise PushNotConfigured(
                 f"{ACCOUNT_LISTS_TABLE} is missing from {warehouse_path}: build "
                 "push/klaviyo_push_desired_state with dbt first"
             ) from exc
@@ -341,6 +343,9 @@ def make_plan(
                 # Consent unchanged since Klaviyo took (or refused) it: never subscribe again.
                 if before.state == "subscribed" and before.list_id != list_id:
                     # The shop chose another list: membership only, consent untouched.
+                    if not settings.enabled:
+                        plan.not_pushed["push switched off"] += 1
+                        continue
                     moves[list_id].append(
                         Change(row.channel, row.contact, row.subscriber_id, row.decided_at, list_id)
                     )
@@ -361,7 +366,11 @@ def make_plan(
             if before is not None and before.state == "unsubscribed" and row.decided_at <= before.decided_at:
                 plan.unchanged += 1  # an opt-out newer than this consent already went out
                 continue
-            if _passes_validation(plan, row, settings):
+            if not settings.enabled:
+                # Switched off: no consent goes out, but opt-outs still do (below): the consent
+                # the push gave before must not outlive the person's opt-out.
+                plan.not_pushed["push switched off"] += 1
+            elif _passes_validation(plan, row, settings):
                 subscribes[list_id].append(
                     Change(row.channel, row.contact, row.subscriber_id, row.decided_at, list_id)
                 )
@@ -902,8 +911,9 @@ async def push_connected_account(
     """``push_account`` for a connected account: its settings, its OAuth client, the ledger beside
     the connection store. The one entry point of the Dagster asset and ``recart-klaviyo push``.
 
-    Raises ``PushNotConfigured`` when the shop chose no list or switched the push off, and the
-    connector's errors when the connection is inactive or needs re-authorization (no call is made).
+    Raises ``PushNotConfigured`` when the shop chose no list, and the connector's errors when the
+    connection is inactive or needs re-authorization (no call is made). A push the shop switched
+    off still runs, for opt-outs only (``make_plan``).
     """
     settings = store.push_settings(recart_account_id)
     if settings is None:
@@ -911,8 +921,6 @@ async def push_connected_account(
             f"{recart_account_id} has no push settings: choose its lists with "
             f"`recart-klaviyo push-settings {recart_account_id} --list LIST_ID`"
         )
-    if not settings.enabled:
-        raise PushNotConfigured(f"the subscriber push of {recart_account_id} is switched off")
     oauth = KlaviyoOAuth(klaviyo, store)
     # One push of a shop at a time (see ConnectionStore.push_lock); the ledger is read inside it.
     async with held_in_own_thread(lambda: store.push_lock(recart_account_id)):

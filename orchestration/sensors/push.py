@@ -20,7 +20,11 @@ subscriber_push_job = dg.define_asset_job(
 
 
 def pushable_accounts(klaviyo: KlaviyoResource, partitions: set[str]) -> tuple[list[str], list[str]]:
-    """Accounts to push (active connection, push switched on) and the others with why they are skipped."""
+    """Accounts to push (active connection, lists chosen) and the others with why they are skipped.
+
+    An account whose push is switched off is pushed too: only its opt-outs go out (the consent the
+    push gave before must not outlive them); an unchanged account costs no API call.
+    """
     push, skipped = [], []
     with klaviyo.store() as store:
         for connection in store.list():
@@ -32,8 +36,6 @@ def pushable_accounts(klaviyo: KlaviyoResource, partitions: set[str]) -> tuple[l
                 skipped.append(skip_reason(connection))
             elif settings is None:
                 skipped.append(f"{account}: no lists chosen")
-            elif not settings.enabled:
-                skipped.append(f"{account}: push switched off")
             else:
                 push.append(account)
     return push, skipped
@@ -60,7 +62,8 @@ def _requests(
 def klaviyo_subscriber_push_schedule(
     context: dg.ScheduleEvaluationContext, klaviyo: KlaviyoResource
 ) -> list[dg.RunRequest] | dg.SkipReason:
-    """Every 15 minutes: one push run per account whose connection is active and push is on."""
+    """Every 15 minutes: one push run per account whose connection is active and lists are chosen
+    (opt-outs only when its push is switched off)."""
     at: datetime = context.scheduled_execution_time
     runs = _requests(context, klaviyo, f"push:{at.isoformat()}")
     return runs or dg.SkipReason("no account to push (no active connection with lists chosen)")

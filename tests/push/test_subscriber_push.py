@@ -271,6 +271,29 @@ def test_an_opt_out_reaches_klaviyo_after_the_shop_stopped_pushing_its_channel(m
     assert world.ledger()[("sms", "+14155550001")].state == "unsubscribed"
 
 
+def test_a_switched_off_push_sends_opt_outs_and_nothing_else(make_push_world):
+    world = make_push_world()
+    emails = world.create_list("Email")
+    world.configure(email_list_id=emails)
+    world.land_subscribers(email_subscriber(1), email_subscriber(2))
+    world.push()
+    world.configure(email_list_id=emails, enabled=False)
+    later = datetime.now(UTC)
+    world.land_subscribers(
+        email_subscriber(1, email_consent=False, email_opted_out_at=later, updated_at=later),
+        email_subscriber(3),  # new consent: held back while the push is off
+    )
+
+    plan, result = world.push()
+
+    assert result.unsubscribed == 1 and result.subscribed == 0
+    assert plan.not_pushed == {"push switched off": 1}
+    assert world.profile("person1@example.com")["email_marketing"]["consent"] == "UNSUBSCRIBED"
+    assert world.profile("person3@example.com") is None
+    world.configure(email_list_id=emails, enabled=True)  # on again: the held-back consent goes out
+    assert world.push()[1].subscribed == 1
+
+
 def test_same_list_carries_both_channels_in_one_profile_and_jobs_are_ceil_n_over_1000(make_push_world):
     world = make_push_world()
     both = world.create_list("Email and SMS", "double_opt_in")
