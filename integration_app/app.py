@@ -492,6 +492,16 @@ class _Endpoints:
                 "Please try again in a few minutes.",
                 account,
             )
+        except TimeoutError:  # the connection's refresh lock stayed taken (a refresh hung on Klaviyo)
+            log.warning("Disconnect of account %s timed out waiting for its token refresh", account)
+            return self._action_problem(
+                request,
+                503,
+                "busy",
+                "Klaviyo access is being renewed for this shop right now, so the connection was kept. "
+                "Please try again in a minute.",
+                account,
+            )
         if _wants_json(request):
             return JSONResponse(connection_summary(connection), headers={"Cache-Control": "no-store"})
         # Post/redirect/get: reloading the status page never repeats the action.

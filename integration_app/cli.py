@@ -402,7 +402,8 @@ def cmd_push_settings(args: argparse.Namespace) -> int:
 @contextmanager
 def _klaviyo_errors(account: str, failed: str) -> Iterator[None]:
     """The connector's errors as ``CliError``: no connection (3), a connection that needs attention
-    (4), or Klaviyo refused or was unreachable (1, after ``failed``)."""
+    (4), or Klaviyo refused or was unreachable, or a lock of the account stayed taken (1, after
+    ``failed``)."""
     try:
         yield
     except ConnectionNotFound:
@@ -410,6 +411,8 @@ def _klaviyo_errors(account: str, failed: str) -> Iterator[None]:
     except ConnectionError_ as error:
         raise CliError(str(error), EXIT_NEEDS_ATTENTION) from None
     except KlaviyoError as error:
+        raise CliError(f"{failed}: {error}", EXIT_FAILED) from None
+    except TimeoutError as error:  # a per-account lock stayed taken (a refresh or a push still running)
         raise CliError(f"{failed}: {error}", EXIT_FAILED) from None
 
 

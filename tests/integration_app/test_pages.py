@@ -145,6 +145,20 @@ def test_status_page_and_json_for_each_state(stack: Stack) -> None:
     _no_secrets(stack, "shop-1", data.text)
 
 
+def test_a_disconnect_that_waits_too_long_for_a_token_refresh_keeps_the_connection(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack.connect("shop-1", stack.accounts[0])
+    monkeypatch.setattr("connectors.klaviyo.oauth.REFRESH_LOCK_TIMEOUT_SECONDS", 0.3)
+    with stack.store.refresh_lock("shop-1"):  # a refresh hangs on Klaviyo meanwhile
+        busy = stack.web.post("/integrations/klaviyo/disconnect", params={"account": "shop-1"})
+    assert busy.status_code == 503 and 'data-reason="busy"' in busy.text
+    assert stack.store.require("shop-1").state is ConnectionState.ACTIVE
+    assert [g["revoked"] for g in stack.grants()] == [False]
+    done = stack.web.post("/integrations/klaviyo/disconnect", params={"account": "shop-1"})
+    assert done.status_code == 303 and [g["revoked"] for g in stack.grants()] == [True]
+
+
 def test_deactivate_activate_and_disconnect(stack: Stack) -> None:
     stack.connect("shop-1", stack.accounts[0])
     params = {"account": "shop-1"}
