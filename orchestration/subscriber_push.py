@@ -26,7 +26,8 @@ Plan, then push:
 
 Opt-outs need no list: one goes out for every contact the push subscribed, also after the shop
 stopped pushing that channel to a list, and also while the shop has the push switched off (then
-nothing else is sent).
+nothing else is sent). On a channel the shop pushes, an opt-out made since the push was enabled
+goes out for anyone.
 
 Rejections (unreadable contacts, consent without a time, phones that are not valid E.164 or in a
 country outside the account's SMS setup, rows Klaviyo refused) are written to the warehouse table
@@ -379,6 +380,11 @@ def make_plan(
                 plan.unchanged += 1
                 continue
             pushed_before = before is not None and before.state == "subscribed"
+            if not pushed_before and (list_id is None or not settings.enabled):
+                # A channel the shop does not push (now): only the consent the push gave is ours
+                # to withdraw; anyone else's consent there was given to Klaviyo, not through us.
+                plan.not_pushed["opt-out of a channel not pushed, for someone never pushed"] += 1
+                continue
             since = settings.enabled_since
             if not pushed_before and (since is None or row.decided_at < since):
                 # An opt-out older than the push, for someone it never subscribed: Klaviyo may hold

@@ -189,6 +189,34 @@ def test_withdrawn_consent_reaches_klaviyo_also_without_an_opt_out_time_or_after
     withdrawn = world.ledger()[("email", "person1@example.com")]
     assert withdrawn.state == "unsubscribed" and withdrawn.decided_at == later
     assert world.push()[1].api_calls == 0  # settled: nothing sent again
+    # An unrelated change later does not move the withdrawal: still nothing to send.
+    world.land_subscribers(
+        email_subscriber(1, email_consent=False, updated_at=later + timedelta(hours=1), source="import")
+    )
+    assert world.push()[1].api_calls == 0
+    assert world.ledger()[("email", "person1@example.com")].decided_at == later
+
+
+def test_consent_given_again_after_an_opt_out_then_withdrawn_is_withdrawn_in_klaviyo(make_push_world):
+    world = make_push_world()
+    world.configure(email_list_id=world.create_list("Email"))
+    opted_out = CONSENT + timedelta(days=1)
+    again = CONSENT + timedelta(days=2)
+    world.land_subscribers(
+        email_subscriber(1, email_opted_out_at=opted_out, email_consent_at=again, updated_at=again)
+    )
+    world.push()
+    assert world.profile("person1@example.com")["email_marketing"]["consent"] == "SUBSCRIBED"
+
+    withdrawn = datetime.now(UTC)
+    world.land_subscribers(
+        email_subscriber(
+            1, email_consent=False, email_opted_out_at=opted_out, email_consent_at=again, updated_at=withdrawn
+        )
+    )
+    _, result = world.push()
+    assert result.unsubscribed == 1
+    assert world.ledger()[("email", "person1@example.com")].decided_at == withdrawn
 
 
 def test_a_shop_that_switches_klaviyo_accounts_gets_everyone_pushed_to_the_new_one(make_push_world):
@@ -260,12 +288,20 @@ def test_an_opt_out_reaches_klaviyo_after_the_shop_stopped_pushing_its_channel(m
     # The shop goes email-only; then someone the push subscribed to SMS texts STOP.
     world.configure(email_list_id=emails)
     later = datetime.now(UTC)
-    world.land_subscribers(sms_subscriber(1, sms_opted_out_at=later, updated_at=later))
+    world.land_subscribers(
+        sms_subscriber(1, sms_opted_out_at=later, updated_at=later),
+        # never pushed to SMS: its STOP is not ours to send (its consent, if any, is Klaviyo's own)
+        sms_subscriber(7, sms_consent=False, sms_consent_at=None, sms_opted_out_at=later, updated_at=later),
+    )
 
     plan, result = world.push()
 
     assert result.unsubscribed == 1
-    assert plan.not_pushed == {"no sms list chosen": 1}  # the other consent: no list to go to
+    assert plan.not_pushed == {
+        "no sms list chosen": 1,  # the other consent: no list to go to
+        "opt-out of a channel not pushed, for someone never pushed": 1,
+    }
+    assert world.profile("+14155550007") is None
     assert world.profile("+14155550001")["sms_marketing"]["consent"] == "UNSUBSCRIBED"
     assert world.profile("+14155550002")["sms_marketing"]["consent"] == "SUBSCRIBED"
     assert world.ledger()[("sms", "+14155550001")].state == "unsubscribed"

@@ -12,9 +12,11 @@
       - subscribed   needs consent to the channel AND its consent time (the evidence Klaviyo's
                      historical import records), no later opt-out, and a subscriber not deleted;
       - unsubscribed is an opt-out at or after the last consent (a tie is an opt-out), or consent
-                     withdrawn without an opt-out time (consent false after a consent time: decided
-                     at the change that says so, its updated_at) — also of a deleted subscriber, so
-                     that "opt me out and erase me" still withdraws the consent the push gave;
+                     withdrawn without an opt-out time (consent false after a consent time), decided
+                     at the first change row that said so after the last one with consent (from the
+                     change history: a stable time, not moved by later unrelated changes) — also of
+                     a deleted subscriber, so "opt me out and erase me" still withdraws the consent
+                     the push gave;
       - anything else (no consent ever, a deleted subscriber's consent) is not pushed.
     list_id is the list the row goes to under the account's push settings (as the last push run
     mirrored them into klaviyo_push.account_lists; null when that channel is not pushed).
@@ -47,8 +49,7 @@ subscribers as (
         coalesce(sms_consent, false) as has_sms_consent,
         sms_consent_at,
         sms_opted_out_at,
-        coalesce(deleted, false) as is_deleted,
-        updated_at
+        coalesce(deleted, false) as is_deleted
 
     from {{ latest_changes(source('recart', 'raw_subscribers'), ['account_id', 'subscriber_id']) }}
 
@@ -65,8 +66,7 @@ channels as (
         has_email_consent as has_consent,
         email_consent_at as consent_at,
         email_opted_out_at as opted_out_at,
-        is_deleted,
-        updated_at
+        is_deleted
 
     from subscribers
     where email_as_given is not null
@@ -82,27 +82,94 @@ channels as (
         has_sms_consent as has_consent,
         sms_consent_at as consent_at,
         sms_opted_out_at as opted_out_at,
-        is_deleted,
-        updated_at
+        is_deleted
 
     from subscribers
     where phone_as_given is not null
 
 ),
 
+-- consent given once (it has a time), now false, and no opt-out at or after it
+consent_withdrawn as (
+
+    select
+        account_id,
+        subscriber_id,
+        channel
+
+    from channels
+    where
+        not has_consent
+        and consent_at is not null
+        and (opted_out_at is null or opted_out_at < consent_at)
+
+),
+
+-- the few withdrawn subscribers' change history, channel by channel
+withdrawn_history as (
+
+    select
+        consent_withdrawn.account_id,
+        consent_withdrawn.subscriber_id,
+        consent_withdrawn.channel,
+        history.updated_at,
+        coalesce(
+            case consent_withdrawn.channel
+                when 'email' then history.email_consent else history.sms_consent
+            end,
+            false
+        ) as had_consent
+
+    from {{ source('recart', 'raw_subscribers') }} as history
+    inner join consent_withdrawn
+        on
+            cast(history.account_id as varchar) = consent_withdrawn.account_id
+            and cast(history.subscriber_id as varchar) = consent_withdrawn.subscriber_id
+
+),
+
+-- withdrawn at the first change row without the consent after the last one with it
+withdrawal_times as (
+
+    select
+        account_id,
+        subscriber_id,
+        channel,
+        min(updated_at) filter (
+            where not had_consent and updated_at > coalesce(last_with_consent, cast('-infinity' as timestamptz))
+        ) as withdrawn_at
+
+    from (
+        select
+            *,
+            max(case when had_consent then updated_at end) over (
+                partition by account_id, subscriber_id, channel
+            ) as last_with_consent
+        from withdrawn_history
+    ) as marked
+    group by account_id, subscriber_id, channel
+
+),
+
 withdrawals as (
 
     select
-        * exclude (is_deleted, updated_at),
+        channels.* exclude (channels.is_deleted),
         case
-            when opted_out_at is not null and (consent_at is null or opted_out_at >= consent_at)
-                then opted_out_at
-            -- consent given once, now false, and no opt-out time: withdrawn when this change says so
-            when not has_consent and consent_at is not null and opted_out_at is null then updated_at
+            when
+                channels.opted_out_at is not null
+                and (channels.consent_at is null or channels.opted_out_at >= channels.consent_at)
+                then channels.opted_out_at
+            else withdrawal_times.withdrawn_at
         end as withdrawn_at,
-        has_consent and not is_deleted as may_subscribe
+        channels.has_consent and not channels.is_deleted as may_subscribe
 
     from channels
+    left join withdrawal_times
+        on
+            channels.account_id = withdrawal_times.account_id
+            and channels.subscriber_id = withdrawal_times.subscriber_id
+            and channels.channel = withdrawal_times.channel
 
 ),
 
