@@ -919,19 +919,31 @@ async def push_connected_account(
 
     Raises ``PushNotConfigured`` when the shop chose no list, and the connector's errors when the
     connection is inactive or needs re-authorization (no call is made). A push the shop switched
-    off still runs, for opt-outs only (``make_plan``).
+    off still runs, for opt-outs only (``make_plan``). A push stopped for too many refusals
+    (``PushAborted``) is recorded in the push settings (``stopped_at``), cleared by the next push
+    that finishes.
     """
-    settings = store.push_settings(recart_account_id)
-    if settings is None:
-        raise PushNotConfigured(
-            f"{recart_account_id} has no push settings: choose its lists with "
-            f"`recart-klaviyo push-settings {recart_account_id} --list LIST_ID`"
-        )
     oauth = KlaviyoOAuth(klaviyo, store)
-    # One push of a shop at a time (see ConnectionStore.push_lock); the ledger is read inside it.
+    # One push of a shop at a time (see ConnectionStore.push_lock); settings and ledger are read
+    # inside it, so a push that waited uses what holds when it starts.
     async with held_in_own_thread(lambda: store.push_lock(recart_account_id)):
+        settings = store.push_settings(recart_account_id)
+        if settings is None:
+            raise PushNotConfigured(
+                f"{recart_account_id} has no push settings: choose its lists with "
+                f"`recart-klaviyo push-settings {recart_account_id} --list LIST_ID`"
+            )
         with ledger_of_connection(store, recart_account_id) as ledger:
             async with KlaviyoClient(
                 klaviyo, oauth.credentials(recart_account_id), max_concurrency=max_concurrency
             ) as client:
-                return await push_account(client, ledger, settings, warehouse_path, **options)
+                try:
+                    plan, result = await push_account(client, ledger, settings, warehouse_path, **options)
+                except PushAborted as aborted:
+                    # A setup problem: the schedule backs off (sensors/push.py) until the shop
+                    # changes its settings or a push finishes.
+                    store.set_push_stopped(recart_account_id, str(aborted))
+                    raise
+        if result is not None:
+            store.set_push_stopped(recart_account_id, None)
+        return plan, result

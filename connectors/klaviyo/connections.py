@@ -203,7 +203,9 @@ create table if not exists push_settings (
     enabled integer not null,
     enabled_since text,
     updated_at text not null,
-    klaviyo_account_id text  -- whose lists these are (null: saved before this column existed)
+    klaviyo_account_id text,  -- whose lists these are (null: saved before this column existed)
+    stopped_at text,  -- the last push stopped for too many refusals (null: it did not)
+    stopped_reason text
 );
 """
 
@@ -850,7 +852,9 @@ class ConnectionStore:
                 " sms_list_id = excluded.sms_list_id, sms_countries = excluded.sms_countries,"
                 " list_names = excluded.list_names, enabled = excluded.enabled,"
                 " enabled_since = excluded.enabled_since, updated_at = excluded.updated_at,"
-                " klaviyo_account_id = excluded.klaviyo_account_id",
+                " klaviyo_account_id = excluded.klaviyo_account_id,"
+                # the shop changed its setup: the scheduled pushes try again at once
+                " stopped_at = null, stopped_reason = null",
                 (
                     settings.recart_account_id,
                     settings.email_list_id,
@@ -889,7 +893,7 @@ class ConnectionStore:
                 .execute(
                     "select email_list_id, sms_list_id, sms_countries, list_names, enabled, enabled_since,"
                     " push_settings.updated_at, push_settings.klaviyo_account_id,"
-                    " connections.klaviyo_account_id"
+                    " connections.klaviyo_account_id, stopped_at, stopped_reason"
                     " from push_settings left join connections using (recart_account_id)"
                     " where recart_account_id = ?",
                     (recart_account_id,),
@@ -898,7 +902,7 @@ class ConnectionStore:
             )
         if row is None:
             return None
-        email_list, sms_list, countries, names, enabled, since, updated, owner, connected = row
+        email_list, sms_list, countries, names, enabled, since, updated, owner, connected, stopped, why = row
         if owner is not None and owner != connected:
             return None
         return PushSettings(
@@ -910,7 +914,29 @@ class ConnectionStore:
             enabled_since=_parse(since),
             updated_at=_parse(updated),
             list_names=json.loads(names),
+            stopped_at=_parse(stopped),
+            stopped_reason=why,
         )
+
+    def set_push_stopped(self, recart_account_id: str, reason: str | None) -> None:
+        """Record that a push stopped for too many refusals (``reason``), or clear it (None); audited.
+
+        A no-op for an account without push settings."""
+        now = _iso(self._now())
+        with self._write() as db:
+            changed = db.execute(
+                "update push_settings set stopped_at = ?, stopped_reason = ? where recart_account_id = ?"
+                " and (stopped_reason is not ? or ? is not null)",
+                (now if reason else None, reason, recart_account_id, reason, reason),
+            ).rowcount
+            if changed:
+                self._event(
+                    db,
+                    recart_account_id,
+                    now,
+                    "push_stopped" if reason else "push_resumed",
+                    {"reason": reason},
+                )
 
     # ------------------------------------------------------------------------ audit and maintenance
 
@@ -988,8 +1014,9 @@ class ConnectionStore:
                 if statement.strip():
                     db.execute(statement)
             push_settings_columns = {row[1] for row in db.execute("pragma table_info(push_settings)")}
-            if "klaviyo_account_id" not in push_settings_columns:  # a store from before it existed
-                db.execute("alter table push_settings add column klaviyo_account_id text")
+            for column in ("klaviyo_account_id", "stopped_at", "stopped_reason"):
+                if column not in push_settings_columns:  # a store from before it existed
+                    db.execute(f"alter table push_settings add column {column} text")
             row = db.execute("select max(version) from schema_version").fetchone()
             if row[0] is None:
                 db.execute("insert into schema_version (version) values (?)", (SCHEMA_VERSION,))

@@ -64,6 +64,10 @@ class PushSettings:
     enabled_since: datetime | None = None
     updated_at: datetime | None = None
     list_names: dict[str, str] = field(default_factory=dict, compare=False)
+    # A push that Klaviyo refused too many rows (a setup problem) stops the scheduled pushes for a
+    # while (see orchestration/sensors/push.py); saving the settings or a push that finishes clears it.
+    stopped_at: datetime | None = None
+    stopped_reason: str | None = None
 
     def __post_init__(self) -> None:
         if not self.email_list_id and not self.sms_list_id:
@@ -103,6 +107,8 @@ class PushSettings:
             "enabled_since": self.enabled_since.isoformat() if self.enabled_since else None,
             "updated_at": self.updated_at.isoformat() if self.updated_at else None,
             "list_names": dict(self.list_names),
+            "stopped_at": self.stopped_at.isoformat() if self.stopped_at else None,
+            "stopped_reason": self.stopped_reason,
         }
 
 

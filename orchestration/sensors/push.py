@@ -1,6 +1,6 @@
 """When the subscriber push runs: every 15 minutes, and as soon as new Recart subscribers land."""
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
@@ -19,12 +19,23 @@ subscriber_push_job = dg.define_asset_job(
 )
 
 
-def pushable_accounts(klaviyo: KlaviyoResource, partitions: set[str]) -> tuple[list[str], list[str]]:
+# A push stopped for too many refusals (a setup problem: SMS not enabled for a country, a list that
+# refuses everyone) is tried again by the schedule at most this often, not every 15 minutes: each
+# try costs Klaviyo calls (up to ~100 refusals, isolated by halving batches). Saving the push
+# settings, a push run by hand, or this much time lets it try again.
+STOPPED_PUSH_RETRY = timedelta(hours=1)
+
+
+def pushable_accounts(
+    klaviyo: KlaviyoResource, partitions: set[str], now: datetime | None = None
+) -> tuple[list[str], list[str]]:
     """Accounts to push (active connection, lists chosen) and the others with why they are skipped.
 
     An account whose push is switched off is pushed too: only its opt-outs go out (the consent the
-    push gave before must not outlive them); an unchanged account costs no API call.
+    push gave before must not outlive them); an unchanged account costs no API call. An account
+    whose last push stopped for too many refusals waits ``STOPPED_PUSH_RETRY``.
     """
+    now = now or datetime.now(UTC)
     push, skipped = [], []
     with klaviyo.store() as store:
         for connection in store.list():
@@ -36,6 +47,12 @@ def pushable_accounts(klaviyo: KlaviyoResource, partitions: set[str]) -> tuple[l
                 skipped.append(skip_reason(connection))
             elif settings is None:
                 skipped.append(f"{account}: no lists chosen")
+            elif settings.stopped_at is not None and now - settings.stopped_at < STOPPED_PUSH_RETRY:
+                skipped.append(
+                    f"{account}: push stopped at {settings.stopped_at:%Y-%m-%d %H:%M} UTC "
+                    f"({settings.stopped_reason}); retried hourly, or run it from the Dagster UI or "
+                    f"`recart-klaviyo push {account}` once the setup is fixed"
+                )
             else:
                 push.append(account)
     return push, skipped

@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from connectors.klaviyo.push_settings import PushSettingsError
-from orchestration.subscriber_push import PushAborted, ledger_of_connection, read_desired_state
+from orchestration.subscriber_push import (
+    PushAborted,
+    ledger_of_connection,
+    push_connected_account,
+    read_desired_state,
+)
 
 CONSENT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def push_through_the_entry_point(world, **options):
+    """The push as the Dagster asset and the CLI run it (``push_connected_account``): its result."""
+    with world.klaviyo.store() as store:
+        return asyncio.run(
+            push_connected_account(
+                world.klaviyo.settings(), store, world.recart_account_id, world.warehouse, **options
+            )
+        )[1]
 
 
 def email_subscriber(n: int, **extra) -> dict:
@@ -248,34 +264,21 @@ def test_a_shop_that_switches_klaviyo_accounts_gets_everyone_pushed_to_the_new_o
 def test_one_push_of_a_shop_at_a_time(make_push_world):
     """A second push of the shop (the schedule and the landing sensor may both start one) waits
     for the first to finish, then plans from the ledger the first left: nothing is sent twice."""
-    import asyncio
     import threading
-
-    from orchestration.subscriber_push import push_connected_account
 
     world = make_push_world()
     world.configure(email_list_id=world.create_list("Everyone"))
     world.land_subscribers(*(email_subscriber(n) for n in range(3)))
     results: list = []
 
-    def push_through_the_entry_point() -> None:
-        with world.klaviyo.store() as store:
-            results.append(
-                asyncio.run(
-                    push_connected_account(
-                        world.klaviyo.settings(), store, world.recart_account_id, world.warehouse
-                    )
-                )[1]
-            )
-
     with world.klaviyo.store() as store, store.push_lock(world.recart_account_id):  # a push running
-        waiting = threading.Thread(target=push_through_the_entry_point)
+        waiting = threading.Thread(target=lambda: results.append(push_through_the_entry_point(world)))
         waiting.start()
         waiting.join(timeout=1.5)
         assert waiting.is_alive() and world.subscription_jobs() == []  # held back, nothing sent
     waiting.join(timeout=60)
     assert not waiting.is_alive() and results[0].subscribed == 3
-    push_through_the_entry_point()  # the next one finds all three accepted
+    results.append(push_through_the_entry_point(world))  # the next one finds all three accepted
     assert results[1].api_calls == 0 and len(world.subscription_jobs()) == 1
 
 
@@ -486,6 +489,41 @@ def test_too_many_refusals_stop_the_run_and_are_sent_again_once_the_setup_is_fix
     assert result.subscribed == 5 and result.rejected_by_klaviyo == 0
     assert {e.state for e in world.ledger().values()} == {"subscribed"}
     assert len(world.members(texts)) == 5 and world.rejections() == []
+
+
+def test_a_stopped_push_is_retried_hourly_by_the_schedule_until_one_finishes(make_push_world):
+    from orchestration.sensors.push import pushable_accounts
+
+    world = make_push_world(account_index=0)
+    world.configure(sms_list_id=world.create_list("SMS"), sms_countries=["GB", "US"])
+    world.land_subscribers(
+        *(
+            {
+                "subscriber_id": f"uk{n}",
+                "phone": f"+4474001{n:05d}",
+                "sms_consent": True,
+                "sms_consent_at": CONSENT,
+            }
+            for n in range(3)
+        )
+    )
+    with pytest.raises(PushAborted):
+        push_through_the_entry_point(world, max_klaviyo_rejections=1, concurrency=1)
+    with world.klaviyo.store() as store:
+        stopped = store.push_settings(world.recart_account_id)
+    assert stopped is not None and "refused 2 rows" in (stopped.stopped_reason or "")
+    account = {world.recart_account_id}
+    push, skipped = pushable_accounts(world.klaviyo, account)
+    assert push == [] and "retried hourly" in skipped[0]
+    assert pushable_accounts(world.klaviyo, account, now=stopped.stopped_at + timedelta(minutes=61))[0] == [
+        world.recart_account_id
+    ]
+
+    world.running.sandbox.store.accounts[world.account_id].sms_countries.append("GB")  # fixed
+    assert push_through_the_entry_point(world).subscribed == 3  # run by hand: goes at once
+    with world.klaviyo.store() as store:
+        assert store.push_settings(world.recart_account_id).stopped_at is None  # type: ignore[union-attr]
+    assert pushable_accounts(world.klaviyo, account)[0] == [world.recart_account_id]
 
 
 def test_settings_are_validated_against_the_accounts_real_lists(make_push_world):
