@@ -199,6 +199,9 @@ async def held_in_own_thread(lock: Callable[[], AbstractContextManager[Any]]) ->
         await asyncio.to_thread(entered.wait)
     except BaseException:
         release.set()  # cancelled while waiting: let the thread release as soon as it acquires
+        # and free the executor thread waiting above: asyncio.run joins it on the way out, which
+        # would otherwise wait until the lock is free (up to the lock's timeout)
+        entered.set()
         raise
     if failure:
         raise failure[0]

@@ -753,3 +753,29 @@ def test_refresh_lock_times_out_against_another_process(db_path: Path, key: str)
         assert process.exitcode == 0
         with store.refresh_lock("shop-1", timeout=5):
             pass
+
+
+def test_a_coroutine_cancelled_while_waiting_for_a_lock_lets_asyncio_run_return(
+    store: ConnectionStore,
+) -> None:
+    """held_in_own_thread: cancelling a push that waits for the push lock (Dagster terminating the
+    run) returns at once, instead of when the lock is free or its timeout passes."""
+    import asyncio
+
+    from connectors.klaviyo.oauth import held_in_own_thread
+
+    async def wait_then_cancel() -> None:
+        async def take() -> None:
+            async with held_in_own_thread(lambda: store.push_lock("shop-1", timeout=60)):
+                raise AssertionError("the lock is held elsewhere: never entered")
+
+        task = asyncio.create_task(take())
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with store.push_lock("shop-1"):  # another push holds it throughout
+        started = time.monotonic()
+        asyncio.run(wait_then_cancel())
+        assert time.monotonic() - started < 5
