@@ -865,7 +865,9 @@ async def push_account(
     """Plan and (unless ``dry_run``) push one account; returns the plan and what was done.
 
     The rejections table is written after the push (also when it failed half-way: what was
-    refused so far is kept). A dry run reads only: no API call, no ledger or warehouse write.
+    refused so far is kept). A dry run reads only: no API call, no ledger or warehouse write
+    (``push_connected_account`` may first give an old ledger's unscoped rows to the connected
+    Klaviyo account, so that the plan it shows is the one a real push would make).
     """
     reconciled = None
     if not dry_run:
