@@ -936,9 +936,10 @@ async def push_connected_account(
                 f"`recart-klaviyo push-settings {recart_account_id} --list LIST_ID`"
             )
         with ledger_of_connection(store, recart_account_id) as ledger:
-            async with KlaviyoClient(
-                klaviyo, oauth.credentials(recart_account_id), max_concurrency=max_concurrency
-            ) as client:
+            # Bound to the ledger's Klaviyo account: a reconnect to another one mid-push stops it
+            # (ConnectionReplaced) instead of sending the rest there under this ledger.
+            credentials = oauth.credentials(recart_account_id, ledger.scope or None)
+            async with KlaviyoClient(klaviyo, credentials, max_concurrency=max_concurrency) as client:
                 try:
                     plan, result = await push_account(client, ledger, settings, warehouse_path, **options)
                 except PushAborted as aborted:

@@ -103,6 +103,11 @@ class ConnectionRemoved(ConnectionError_):
     """The connection was removed (revoked at Klaviyo, secrets wiped)."""
 
 
+class ConnectionReplaced(ConnectionError_):
+    """The shop connected another Klaviyo account while work bound to the previous one was running
+    (a push whose ledger is that account's): the work stops; the next run uses the new account."""
+
+
 class OAuthCallbackError(KlaviyoError):
     """The OAuth callback cannot complete; ``user_message`` is safe to show to the person."""
 

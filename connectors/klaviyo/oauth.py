@@ -58,6 +58,7 @@ from connectors.klaviyo.errors import (
     ConnectionInactive,
     ConnectionNotFound,
     ConnectionRemoved,
+    ConnectionReplaced,
     InvalidRequestError,
     KlaviyoApiError,
     KlaviyoError,
@@ -559,9 +560,10 @@ class KlaviyoOAuth:
         # Always keep the refresh token Klaviyo sends back: it may or may not rotate (reference §1).
         return self._token_set(body, fallback_refresh_token=current.refresh_token)
 
-    def credentials(self, recart_account_id: str) -> OAuthCredentials:
-        """The ``Credentials`` the API client uses for this account."""
-        return OAuthCredentials(self, recart_account_id)
+    def credentials(self, recart_account_id: str, klaviyo_account_id: str | None = None) -> OAuthCredentials:
+        """The ``Credentials`` the API client uses for this account; with ``klaviyo_account_id``,
+        only while the connection is to that Klaviyo account (``ConnectionReplaced`` after)."""
+        return OAuthCredentials(self, recart_account_id, klaviyo_account_id)
 
     # ------------------------------------------------------------------------ the shop's switches
 
@@ -775,19 +777,36 @@ class OAuthCredentials:
     ``limiter_key`` is per app and account: Klaviyo counts OAuth rate limits per installed app instance.
     """
 
-    def __init__(self, oauth: KlaviyoOAuth, recart_account_id: str) -> None:
-        """Credentials of ``recart_account_id``, drawn from ``oauth``."""
+    def __init__(
+        self, oauth: KlaviyoOAuth, recart_account_id: str, klaviyo_account_id: str | None = None
+    ) -> None:
+        """Credentials of ``recart_account_id``, drawn from ``oauth`` (bound to ``klaviyo_account_id``
+        when given: tokens of another Klaviyo account the shop connects meanwhile are refused)."""
         self._oauth = oauth
         self.recart_account_id = recart_account_id
+        self.klaviyo_account_id = klaviyo_account_id
         self.limiter_key = oauth._limiter_key(recart_account_id)
         self._version: int | None = None  # the token version last handed out
 
     async def authorization(self) -> str:
         """``Bearer <token>``; raises ``ConnectionInactive`` / ``NeedsReauthorization`` /
-        ``ConnectionRemoved`` / ``ConnectionNotFound`` before any HTTP call."""
+        ``ConnectionRemoved`` / ``ConnectionNotFound`` / ``ConnectionReplaced`` before any HTTP call."""
         tokens, version = await self._oauth._usable_tokens(self.recart_account_id)
+        self._require_same_klaviyo_account()
         self._version = version
         return f"Bearer {tokens.access_token}"
+
+    def _require_same_klaviyo_account(self) -> None:
+        """Checked after the tokens are read (a reconnect between the two is caught here)."""
+        if self.klaviyo_account_id is None:
+            return
+        now = self._oauth.store.require(self.recart_account_id).klaviyo_account_id
+        if now != self.klaviyo_account_id:
+            raise ConnectionReplaced(
+                self.recart_account_id,
+                f"the shop connected Klaviyo account {now} while work for {self.klaviyo_account_id} "
+                "was running; it stopped, and the next run uses the new account",
+            )
 
     async def refresh_after_unauthorized(self) -> bool:
         """After a 401: refresh once (forced), unless another caller already replaced the failed token.

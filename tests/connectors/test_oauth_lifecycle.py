@@ -39,6 +39,7 @@ from connectors.klaviyo.errors import (
     ConnectionInactive,
     ConnectionNotFound,
     ConnectionRemoved,
+    ConnectionReplaced,
     NeedsReauthorization,
     OAuthCallbackError,
 )
@@ -1007,3 +1008,19 @@ def test_authlib_runs_on_httpx2_without_warnings() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_credentials_bound_to_a_klaviyo_account_stop_when_the_shop_connects_another(world: World) -> None:
+    """Work bound to one Klaviyo account (a push and its ledger) must not carry on in the account the
+    shop connects meanwhile: its credentials refuse the new tokens before any HTTP call."""
+    world.connect("shop-1", world.accounts[0])
+    bound = world.oauth.credentials("shop-1", world.accounts[0])
+    unbound = world.oauth.credentials("shop-1")
+    assert run(bound.authorization()).startswith("Bearer ")
+
+    world.connect("shop-1", world.accounts[1])  # the shop switches Klaviyo accounts mid-push
+    calls = len(world.traffic.requests)
+    with pytest.raises(ConnectionReplaced, match=world.accounts[1]):
+        run(bound.authorization())
+    assert len(world.traffic.requests) == calls
+    assert run(unbound.authorization()) == f"Bearer {world.store.tokens('shop-1').access_token}"
