@@ -25,15 +25,7 @@ defs = dg.Definitions(
     sensors=[klaviyo_accounts_sensor, recart_landing_sensor, recart_subscribers_landed_sensor],
     schedules=[klaviyo_daily_segment_sync_schedule, klaviyo_subscriber_push_schedule],
     resources={
-        "klaviyo": KlaviyoResource(
-            base_url=dg.EnvVar("KLAVIYO_BASE_URL"),
-            authorize_url=dg.EnvVar("KLAVIYO_AUTHORIZE_URL"),
-            client_id=dg.EnvVar("KLAVIYO_CLIENT_ID"),
-            client_secret=dg.EnvVar("KLAVIYO_CLIENT_SECRET"),
-            redirect_uri=dg.EnvVar("KLAVIYO_REDIRECT_URI"),
-            state_db=dg.EnvVar("RECART_STATE_DB"),
-            encryption_key=dg.EnvVar("RECART_ENCRYPTION_KEY"),
-        ),
+        "klaviyo": KlaviyoResource.from_env_vars(),
         "warehouse": WarehouseResource(path=dg.EnvVar("WAREHOUSE_DUCKDB_PATH")),
         "landing": LandingZoneResource(path=dg.EnvVar("RECART_LANDING_PATH")),
     },

@@ -85,24 +85,6 @@ def write_env(env: dict[str, str]) -> Path:
     return _write_private(ROOT / ".env", header + "".join(f"{k}={v}\n" for k, v in env.items()))
 
 
-def klaviyo_resource() -> KlaviyoResource:
-    """Klaviyo for the demo's Dagster runs, configured as in ``definitions.py``: every setting is
-    read from the environment (``demo_env``), so the client secret and the encryption key reach the
-    runs without being stored in the Dagster instance's run and job snapshots or shown in its UI.
-
-    Outside a run, use ``.process_config_and_initialize()`` for a copy with the values resolved.
-    """
-    return KlaviyoResource(
-        base_url=dg.EnvVar("KLAVIYO_BASE_URL"),
-        authorize_url=dg.EnvVar("KLAVIYO_AUTHORIZE_URL"),
-        client_id=dg.EnvVar("KLAVIYO_CLIENT_ID"),
-        client_secret=dg.EnvVar("KLAVIYO_CLIENT_SECRET"),
-        redirect_uri=dg.EnvVar("KLAVIYO_REDIRECT_URI"),
-        state_db=dg.EnvVar("RECART_STATE_DB"),
-        encryption_key=dg.EnvVar("RECART_ENCRYPTION_KEY"),
-    )
-
-
 def demo_instance(dagster_home: Path) -> dg.DagsterInstance:
     """The persistent Dagster instance in ``dagster_home``, with the embedded default's settings."""
     dagster_home.mkdir(parents=True, exist_ok=True)
@@ -301,7 +283,8 @@ def main() -> None:
         env = demo_env(base, key)
         os.environ.update(env)  # the resources read them as dg.EnvVar, as under `dg dev`
         env_file = write_env(env)
-        klaviyo = klaviyo_resource()
+        # settings from the environment (demo_env): no secret in the Dagster instance's snapshots
+        klaviyo = KlaviyoResource.from_env_vars()
         warehouse = WarehouseResource(path=str(DEMO_DIR / "warehouse.duckdb"))
         accounts = httpx2.get(f"{base}/_sandbox/accounts").json()["data"]
         print(f"Klaviyo sandbox at {base}: {len(accounts)} accounts (Klaviyo's rate limits)")

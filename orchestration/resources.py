@@ -27,6 +27,21 @@ class KlaviyoResource(dg.ConfigurableResource):
     encryption_key: str
     max_concurrency: int = 16
 
+    @classmethod
+    def from_env_vars(cls) -> KlaviyoResource:
+        """Every setting read from the environment at run time (``dg.EnvVar``): the client secret and
+        the encryption key reach the runs without being stored in the Dagster instance's run and job
+        snapshots or shown in its UI. The deployment (``definitions.py``) and the demo use it."""
+        return cls(
+            base_url=dg.EnvVar("KLAVIYO_BASE_URL"),
+            authorize_url=dg.EnvVar("KLAVIYO_AUTHORIZE_URL"),
+            client_id=dg.EnvVar("KLAVIYO_CLIENT_ID"),
+            client_secret=dg.EnvVar("KLAVIYO_CLIENT_SECRET"),
+            redirect_uri=dg.EnvVar("KLAVIYO_REDIRECT_URI"),
+            state_db=dg.EnvVar("RECART_STATE_DB"),
+            encryption_key=dg.EnvVar("RECART_ENCRYPTION_KEY"),
+        )
+
     def settings(self) -> KlaviyoSettings:
         """The connector's settings (base URLs and the OAuth app)."""
         return KlaviyoSettings(

@@ -16,7 +16,7 @@ from klaviyo_sandbox.seed import DEMO_OAUTH_CLIENT_SECRET
 from orchestration import demo
 from orchestration.assets.klaviyo import klaviyo_segment_sync
 from orchestration.partitions import klaviyo_accounts
-from orchestration.resources import WarehouseResource
+from orchestration.resources import KlaviyoResource, WarehouseResource
 
 
 def stored_text(dagster_home: Path) -> str:
@@ -44,7 +44,7 @@ def test_demo_runs_keep_the_client_secret_and_encryption_key_out_of_the_dagster_
     env = demo.demo_env(running.base_url, key, demo_dir=tmp_path)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    klaviyo = demo.klaviyo_resource()
+    klaviyo = KlaviyoResource.from_env_vars()  # as the demo builds it
     accounts = httpx2.get(f"{running.base_url}/_sandbox/accounts", timeout=30).json()["data"]
     shop = demo.SHOPS[0]
     demo.connect_shops(klaviyo, (shop,), accounts)
