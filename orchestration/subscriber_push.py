@@ -947,6 +947,6 @@ async def push_connected_account(
                     # changes its settings or a push finishes.
                     store.set_push_stopped(recart_account_id, str(aborted))
                     raise
-        if result is not None:
-            store.set_push_stopped(recart_account_id, None)
+        if result is not None and settings.stopped_at is not None:
+            store.set_push_stopped(recart_account_id, None)  # it finished: the schedule resumes
         return plan, result

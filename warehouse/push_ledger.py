@@ -144,8 +144,12 @@ class PushLedger:
     def adopt_unscoped(self, recart_account_id: str) -> int:
         """Give an account's rows of the empty scope (written before the scope existed) to this
         ledger's Klaviyo account, unless it has rows of its own; returns how many moved."""
-        if not self.scope:
-            return 0
+        unscoped = self._db.execute(
+            "select 1 from push_ledger where recart_account_id = ? and klaviyo_account_id = '' limit 1",
+            (recart_account_id,),
+        ).fetchone()
+        if not self.scope or not unscoped:
+            return 0  # the usual case: no write transaction on every push
         with self._write() as db:
             owned = db.execute(
                 "select 1 from push_ledger where recart_account_id = ? and klaviyo_account_id = ? limit 1",

@@ -924,11 +924,17 @@ class ConnectionStore:
         A no-op for an account without push settings."""
         now = _iso(self._now())
         with self._write() as db:
-            changed = db.execute(
-                "update push_settings set stopped_at = ?, stopped_reason = ? where recart_account_id = ?"
-                " and (stopped_reason is not ? or ? is not null)",
-                (now if reason else None, reason, recart_account_id, reason, reason),
-            ).rowcount
+            if reason:
+                changed = db.execute(
+                    "update push_settings set stopped_at = ?, stopped_reason = ? where recart_account_id = ?",
+                    (now, reason, recart_account_id),
+                ).rowcount
+            else:  # only a stopped push resumes (and is audited)
+                changed = db.execute(
+                    "update push_settings set stopped_at = null, stopped_reason = null"
+                    " where recart_account_id = ? and stopped_at is not null",
+                    (recart_account_id,),
+                ).rowcount
             if changed:
                 self._event(
                     db,
