@@ -176,10 +176,10 @@ async def held_in_own_thread(lock: Callable[[], AbstractContextManager[Any]]) ->
     """Hold a blocking (thread-bound) lock for the duration of an ``async with`` block.
 
     For ``ConnectionStore.refresh_lock`` and ``push_lock``: they block while they wait and are
-    re-entrant per thread. Entered on the
-    event loop's thread it would stall every other coroutine while waiting, and two coroutines of one
-    loop would both "re-enter" it and refresh at once. So each acquisition gets its own thread, which
-    enters the lock, waits for the block to finish, and exits it on the same thread.
+    re-entrant per thread. Entered on the event loop's thread such a lock would stall every other
+    coroutine while waiting, and two coroutines of one loop would both "re-enter" it at once. So
+    each acquisition gets its own thread, which enters the lock, waits for the block to finish, and
+    exits it on the same thread.
     """
     entered = threading.Event()
     release = threading.Event()
